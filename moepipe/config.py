@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
+from moepipe.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A user mistake in params.yaml: the message is one line naming the file and key."""
 
 
@@ -238,7 +239,8 @@ class CurateConfig(Strict):
 
 class PreprocessConfig(Strict):
     resolution: int = Field(default=64, description="side of packed images, px")
-    hflip: bool = Field(default=False, description="add a mirrored copy of every training image")
+    hflip_p: float = Field(default=0.0, ge=0, le=1, description="probability of a (seeded) random flip")
+    mirror_train: bool = Field(default=False, description="also pack a mirrored copy of every training image")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
     interpolation: Literal["area", "linear", "cubic", "lanczos"] = "area"
 

@@ -1,0 +1,47 @@
+# One entry point. `make repro` runs the pipeline, `make test` the whole test suite; both set up
+# the virtual environment first (pinned by constraints.txt, so a fresh install takes minutes).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# pip warns once per package about index folders that this machine's pip.conf lists but lack it.
+PIP_QUIET := grep -v -e 'is ignored: it is neither a file nor a directory' || true
+
+.PHONY: setup repro test test-unit test-e2e bench preview clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make repro   set up, then run the pipeline (dvc repro) on the embedded default data"
+	@echo "make test    set up, then run the whole test suite"
+	@echo "make bench   benchmarks (images/s for scrape, curate, preprocess)"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	$(BIN)/python -c "import moepipe, torch, dvc, mlflow, prefect, albumentations"
+	touch $@
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup
+	$(BIN)/python bench/scrape_throughput.py
+	$(BIN)/python bench/curate_throughput.py
+	$(BIN)/python bench/preprocess_throughput.py
+
+preview: setup
+	$(BIN)/python -m moepipe.sources.synthetic.preview docs/preview.png
+
+clean:
+	rm -rf data reports .dvc/tmp/runs

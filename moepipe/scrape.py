@@ -1,0 +1,216 @@
+"""Scrape stage: collect candidate images from the configured sources into data/raw.
+
+Layout of the output folder::
+
+    images/<sha256>.<ext>   content-addressed files, written atomically
+    manifest.jsonl          one record per stored post (append-only, fsynced after the file)
+    rejects.jsonl           posts refused for good (rating, robots, md5 ...), so a re-run skips them
+    report.json             counts by outcome and reason for the last run
+
+A re-run, also after kill -9, skips every post already in manifest.jsonl or rejects.jsonl and
+fetches only the rest. Failures that a later run may cure (5xx, timeouts) are counted but not
+remembered, so they are tried again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moepipe.config import ScrapeConfig
+from moepipe.errors import UserError
+from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex
+from moepipe.manifest import JsonlLog, Manifest
+from moepipe.progress import progress_bar
+from moepipe.sources import Post, iter_source, needs_network
+
+
+@dataclass
+class ScrapeReport:
+    """Counts of one scrape run; `rejected` and `failed` are keyed by reason code."""
+
+    seen: int = 0
+    kept: int = 0
+    already_done: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)
+    by_source: dict[str, Counter] = field(default_factory=dict)
+    total_in_manifest: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "kept": self.kept,
+            "already_done": self.already_done,
+            "rejected": dict(sorted(self.rejected.items())),
+            "rejected_total": sum(self.rejected.values()),
+            "failed": dict(sorted(self.failed.items())),
+            "failed_total": sum(self.failed.values()),
+            "by_source": {name: dict(sorted(c.items())) for name, c in sorted(self.by_source.items())},
+            "total_in_manifest": self.total_in_manifest,
+        }
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, permanent: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+def _content_of(post: Post, fetcher: Any, cfg: ScrapeConfig) -> tuple[bytes, Any, str | None]:
+    """The post's bytes, their header and the final URL; raises _Rejected."""
+    if post.data is None:
+        from moepipe.fetch import FetchError
+
+        try:
+            fetched = fetcher.get_image(post.url, expected_md5=post.md5)
+        except FetchError as error:
+            raise _Rejected(error.reason, permanent=not error.retryable) from None
+        return fetched.data, fetched.header, fetched.final_url
+    data = post.data
+    if len(data) > cfg.max_bytes:
+        raise _Rejected("too_large")
+    try:
+        header = read_header(data, cfg.max_pixels)
+    except ImageError as error:
+        raise _Rejected(error.reason) from None
+    if post.md5 and hashlib.md5(data).hexdigest() != post.md5.lower():
+        raise _Rejected("md5_mismatch")
+    return data, header, post.url
+
+
+class _Run:
+    """State shared by the worker threads of one scrape run."""
+
+    def __init__(self, cfg: ScrapeConfig, out: Path, fetcher: Any) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.fetcher = fetcher
+        self.lock = threading.Lock()
+        self.manifest = Manifest(out / "manifest.jsonl")
+        self.rejects = JsonlLog(out / "rejects.jsonl")
+        self.done = {(r["source"], str(r["post_id"])) for r in self.rejects}
+        self.report = ScrapeReport()
+
+    def is_done(self, post: Post) -> bool:
+        return self.manifest.has_post(post.source, post.post_id) or (post.source, post.post_id) in self.done
+
+    def count(self, post: Post, outcome: str) -> None:
+        self.report.by_source.setdefault(post.source, Counter())[outcome] += 1
+
+    def reject(self, post: Post, reason: str, permanent: bool) -> None:
+        with self.lock:
+            if permanent:
+                self.report.rejected[reason] += 1
+                self.rejects.append({"source": post.source, "post_id": post.post_id, "url": post.url,
+                                     "reason": reason})
+                self.done.add((post.source, post.post_id))
+            else:
+                self.report.failed[reason] += 1
+            self.count(post, f"rejected:{reason}" if permanent else f"failed:{reason}")
+
+    def process(self, post: Post) -> None:
+        try:
+            data, header, final_url = _content_of(post, self.fetcher, self.cfg)
+        except _Rejected as rejected:
+            self.reject(post, rejected.reason, rejected.permanent)
+            return
+        sha = sha256_hex(data)
+        relative = f"images/{sha}{EXTENSIONS[header.kind]}"
+        target = self.out / relative
+        if not target.exists():
+            atomic_write(target, data)
+        record = {
+            "file": relative,
+            "sha256": sha,
+            "md5": hashlib.md5(data).hexdigest(),
+            "source": post.source,
+            "post_id": post.post_id,
+            "url": post.url,
+            "final_url": final_url,
+            "tags": post.tags,
+            "rating": post.rating,
+            "width": header.width,
+            "height": header.height,
+            "format": header.kind,
+            "bytes": len(data),
+            **post.extra,
+        }
+        with self.lock:
+            self.manifest.append(record)
+            self.report.kept += 1
+            self.count(post, "kept")
+
+    def close(self) -> None:
+        self.manifest.close()
+        self.rejects.close()
+
+
+def scrape(cfg: ScrapeConfig, out: Path) -> ScrapeReport:
+    """Fetch every configured source into `out`, resuming where an earlier run stopped."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_partials(out / "images")
+    fetcher = None
+    with ExitStack() as stack:
+        if any(needs_network(source) for source in cfg.sources):
+            from moepipe.fetch import Fetcher
+
+            fetcher = stack.enter_context(Fetcher(cfg))
+        run = _Run(cfg, out, fetcher)
+        stack.callback(run.close)
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=cfg.concurrency))
+        progress = stack.enter_context(progress_bar())
+        task = progress.add_task("scrape", total=sum(s.limit for s in cfg.sources), status="")
+        for source in cfg.sources:
+            _scrape_source(run, source, pool, progress, task)
+        run.report.total_in_manifest = len(run.manifest.records)
+    atomic_write(out / "report.json", (json.dumps(run.report.to_json(), indent=2) + "\n").encode())
+    return run.report
+
+
+def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: Any, task: Any) -> None:
+    from moepipe.fetch import FetchError
+
+    pending: set[Future] = set()
+    report = run.report
+
+    def advance(done: set[Future]) -> None:
+        for future in done:
+            future.result()  # a bug in a worker surfaces here
+        rejected = sum(report.rejected.values()) + sum(report.failed.values())
+        progress.update(task, advance=len(done),
+                        status=f"kept {report.kept}  rejected {rejected}  resumed {report.already_done}")
+
+    try:
+        for post in iter_source(source, run.fetcher):
+            with run.lock:
+                report.seen += 1
+            if post.rating not in run.cfg.ratings:
+                run.reject(post, "rating", permanent=True)
+                progress.update(task, advance=1)
+                continue
+            if run.is_done(post):
+                with run.lock:
+                    report.already_done += 1
+                    run.count(post, "already_done")
+                progress.update(task, advance=1)
+                continue
+            pending.add(pool.submit(run.process, post))
+            if len(pending) >= 2 * run.cfg.concurrency:  # bounded memory for huge sources
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                advance(done)
+    except FetchError as error:
+        raise UserError(
+            f"scrape: source {source.label!r}: cannot list posts ({error.reason}) at {error.url}"
+        ) from None
+    finally:
+        done, _ = wait(pending)
+        advance(done)
