@@ -85,9 +85,9 @@ def scrape(
     reports: ReportsOption = None,
 ) -> None:
     """Collect candidate images from scrape.sources into OUT; re-running resumes."""
-    from moepipe.scrape import scrape as run_scrape
-
     def action(p: Params) -> str:
+        from moepipe.scrape import scrape as run_scrape
+
         report = run_scrape(p.scrape, out)
         _publish(out, reports, "scrape")
         return (f"scrape: kept {report.kept}, already had {report.already_done}, rejected "
@@ -104,10 +104,10 @@ def curate(
     reports: ReportsOption = None,
 ) -> None:
     """Filter, deduplicate, crop and label the raw images into OUT."""
-    from moepipe.curate import curate as run_curate
-
     def action(p: Params) -> str:
         _require_dir(raw, "raw data")
+        from moepipe.curate import curate as run_curate
+
         report = run_curate(p.curate, p.labels, list(p.scrape.ratings), raw, out)
         _publish(out, reports, "curate")
         data = report.to_json() if hasattr(report, "to_json") else dict(report)
@@ -124,10 +124,10 @@ def preprocess(
     reports: ReportsOption = None,
 ) -> None:
     """Resize, split and pack the curated images into uint8 arrays in OUT."""
-    from moepipe.preprocess import preprocess as run_preprocess
-
     def action(p: Params) -> str:
         _require_dir(curated, "curated data")
+        from moepipe.preprocess import preprocess as run_preprocess
+
         stats = run_preprocess(p.preprocess, p.labels, p.seed, curated, out)
         _publish(out, reports, "preprocess", "stats.json")
         counts = stats["images"]
