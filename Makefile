@@ -7,8 +7,6 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# pip warns once per package about index folders that this machine's pip.conf lists but lack it.
-PIP_QUIET := grep -v -e 'is ignored: it is neither a file nor a directory' || true
 
 .PHONY: setup repro test test-unit test-e2e bench preview clean
 .DEFAULT_GOAL := help
@@ -22,7 +20,9 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 | $(PIP_QUIET)
+	@echo "installing the pinned stack into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]' > $(VENV)/install.log 2>&1 \
+	  || { grep -v 'is ignored: it is neither' $(VENV)/install.log | tail -n 30; exit 1; }
 	$(BIN)/python -c "import moepipe, torch, dvc, mlflow, prefect, albumentations"
 	touch $@
 

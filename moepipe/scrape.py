@@ -4,12 +4,13 @@ Layout of the output folder::
 
     images/<sha256>.<ext>   content-addressed files, written atomically
     manifest.jsonl          one record per stored post (append-only, fsynced after the file)
-    rejects.jsonl           posts refused for good (rating, robots, md5 ...), so a re-run skips them
+    rejects.jsonl           posts refused for good (robots, md5, not an image ...), so a re-run skips them
     report.json             counts by outcome and reason for the last run
 
 A re-run, also after kill -9, skips every post already in manifest.jsonl or rejects.jsonl and
 fetches only the rest. Failures that a later run may cure (5xx, timeouts) are counted but not
-remembered, so they are tried again.
+remembered, so they are tried again. Posts outside `scrape.ratings` are counted as rejected but
+not remembered either, so widening the ratings later brings them in.
 """
 
 from __future__ import annotations
@@ -106,13 +107,15 @@ class _Run:
     def count(self, post: Post, outcome: str) -> None:
         self.report.by_source.setdefault(post.source, Counter())[outcome] += 1
 
-    def reject(self, post: Post, reason: str, permanent: bool) -> None:
+    def reject(self, post: Post, reason: str, permanent: bool, remember: bool = True) -> None:
+        """Count a refused post; `permanent` ones are rejected, and remembered unless told not to."""
         with self.lock:
             if permanent:
                 self.report.rejected[reason] += 1
-                self.rejects.append({"source": post.source, "post_id": post.post_id, "url": post.url,
-                                     "reason": reason})
-                self.done.add((post.source, post.post_id))
+                if remember:
+                    self.rejects.append({"source": post.source, "post_id": post.post_id, "url": post.url,
+                                         "reason": reason})
+                    self.done.add((post.source, post.post_id))
             else:
                 self.report.failed[reason] += 1
             self.count(post, f"rejected:{reason}" if permanent else f"failed:{reason}")
@@ -180,6 +183,7 @@ def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: A
     from moepipe.fetch import FetchError
 
     pending: set[Future] = set()
+    submitted: set[tuple[str, str]] = set()  # a source listing a post twice must not store it twice
     report = run.report
 
     def advance(done: set[Future]) -> None:
@@ -193,16 +197,18 @@ def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: A
         for post in iter_source(source, run.fetcher):
             with run.lock:
                 report.seen += 1
-            if post.rating not in run.cfg.ratings:
-                run.reject(post, "rating", permanent=True)
-                progress.update(task, advance=1)
-                continue
-            if run.is_done(post):
+            key = (post.source, post.post_id)
+            if run.is_done(post) or key in submitted:
                 with run.lock:
                     report.already_done += 1
                     run.count(post, "already_done")
                 progress.update(task, advance=1)
                 continue
+            if post.rating not in run.cfg.ratings:
+                run.reject(post, "rating", permanent=True, remember=False)
+                progress.update(task, advance=1)
+                continue
+            submitted.add(key)
             pending.add(pool.submit(run.process, post))
             if len(pending) >= 2 * run.cfg.concurrency:  # bounded memory for huge sources
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)

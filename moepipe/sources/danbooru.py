@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Iterator
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 from moepipe.errors import UserError
 from moepipe.sources.base import Post, normalize_rating
@@ -35,6 +35,23 @@ def api_key_from_env(label: str, variable: str | None) -> str | None:
 def base_url(url: str) -> str:
     """The site root with exactly one trailing slash, so urljoin keeps any path prefix."""
     return url.rstrip("/") + "/"
+
+
+def get_listing(fetcher: "Fetcher", endpoint: str, params: dict[str, Any], secrets: tuple[str, ...]) -> Any:
+    """fetcher.get_json, but a FetchError never carries credentials in its URL.
+
+    The scrape stage prints the failing URL, and API keys travel as query parameters.
+    """
+    from moepipe.fetch import FetchError
+
+    try:
+        return fetcher.get_json(endpoint, params=params)
+    except FetchError as error:
+        if not any(params.get(name) for name in secrets):
+            raise
+        shown = {name: ("***" if name in secrets else value) for name, value in params.items()}
+        url = endpoint + "?" + urlencode(shown, safe="*")
+        raise FetchError(error.reason, url, error.detail, retryable=error.retryable) from None
 
 
 def _auth_params(cfg: "DanbooruSource") -> dict[str, str]:
@@ -84,7 +101,7 @@ def iter_posts(cfg: "DanbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
             params = {**fixed, "limit": min(cfg.page_size, remaining)}
             if lowest_id is not None:
                 params["page"] = f"b{lowest_id}"
-            page = fetcher.get_json(endpoint, params=params)
+            page = get_listing(fetcher, endpoint, params, secrets=("api_key",))
             if not isinstance(page, list):
                 message = page.get("message") if isinstance(page, dict) else None
                 raise UserError(f"scrape: source {cfg.label!r}: {endpoint} answered "

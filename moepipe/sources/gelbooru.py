@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 from moepipe.errors import UserError
 from moepipe.sources.base import Post, normalize_rating
-from moepipe.sources.danbooru import api_key_from_env, base_url
+from moepipe.sources.danbooru import api_key_from_env, base_url, get_listing
 
 if TYPE_CHECKING:
     from moepipe.config import GelbooruSource
@@ -27,12 +27,14 @@ def _posts_of(cfg: "GelbooruSource", page: Any) -> list[dict[str, Any]]:
     # empty result has no "post" key at all.
     if isinstance(page, list):
         return page
-    if isinstance(page, dict):
+    if isinstance(page, dict) and ("post" in page or "@attributes" in page):
         posts = page.get("post", [])
         return [posts] if isinstance(posts, dict) else list(posts)
     if page in (None, ""):
         return []
-    raise UserError(f"scrape: source {cfg.label!r}: the post index answered something other than posts")
+    message = page.get("message") if isinstance(page, dict) else None
+    raise UserError(f"scrape: source {cfg.label!r}: the post index answered "
+                    f"{message or 'something other than posts'}")
 
 
 def _to_post(cfg: "GelbooruSource", raw: dict[str, Any]) -> Post | None:
@@ -73,7 +75,8 @@ def iter_posts(cfg: "GelbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
     pid = 0
     try:
         while remaining > 0:
-            posts = _posts_of(cfg, fetcher.get_json(endpoint, params={**fixed, "pid": pid}))
+            page = get_listing(fetcher, endpoint, {**fixed, "pid": pid}, secrets=("api_key", "user_id"))
+            posts = _posts_of(cfg, page)
             fresh = 0
             for raw in posts:
                 post_id = str(raw["id"])

@@ -1,0 +1,72 @@
+"""`dvc repro` on a copy of this repository with tiny params: the DAG's promises."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def run(args, cwd, env):
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git repository holding the tracked files of this one, with a small synthetic gallery."""
+    dest = tmp_path_factory.mktemp("project")
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        if name.startswith(("tests/", "bench/", "docs/")) or not (ROOT / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["scrape"]["sources"][0]["limit"] = 80
+    params["preprocess"]["resolution"] = 32
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MOEPIPE_QUIET": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "copy"], dest, env)
+    return dest, env
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_repro_builds_then_is_a_no_op_then_reruns_only_preprocess(project):
+    dest, env = project
+    first = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert ran_stages(first) == ["scrape", "curate", "preprocess"]
+    for name in ("data/raw/manifest.jsonl", "data/curated/manifest.jsonl", "data/prepared/train_images.npy",
+                 "reports/scrape.json", "reports/curate.json", "reports/preprocess.json"):
+        assert (dest / name).is_file(), name
+
+    second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert ran_stages(second) == []
+    assert "Data and pipelines are up to date" in second
+
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["preprocess"]["resolution"] = 16
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert ran_stages(third) == ["preprocess"]
+    import numpy as np
+
+    assert np.load(dest / "data/prepared/train_images.npy", mmap_mode="r").shape[1:] == (16, 16, 3)
+    metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dest, env)
+    assert "reports/curate.json" in metrics
