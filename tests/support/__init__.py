@@ -1,0 +1,1 @@
+"""Helpers shared by tests: loopback servers and fixtures that several test modules use."""
