@@ -1,0 +1,1 @@
+"""Training: losses, differentiable augmentation, weight averaging (the loop comes later)."""
