@@ -111,6 +111,7 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart (delayed ACK)
     server: "_Server"
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
