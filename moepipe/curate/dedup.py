@@ -3,13 +3,15 @@
 Near duplicates are found with multi-index hashing: the 64-bit pHash is cut into radius + 1
 chunks, and every kept hash is filed under each chunk's value. Two hashes within Hamming
 distance `radius` differ in at most `radius` bits, so by pigeonhole at least one of the radius + 1
-chunks is identical and the pair meets in that bucket. Only hashes sharing a bucket are compared.
+chunks is identical and the pair meets in that bucket. Only hashes sharing a bucket are compared:
+about (radius + 1) / 2**(64 / (radius + 1)) of all pairs for unrelated hashes, ~1.3% at radius 6.
+The index stays exact for larger radii but prunes less (~20% of pairs at radius 10).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Hashable, Iterable, TypeVar
+from typing import Callable, Generic, Hashable, Iterable, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -92,6 +94,26 @@ class NearDuplicateIndex(Generic[Key]):
         return hits[0] if hits else None
 
 
+def aligned_difference(a: np.ndarray, b: np.ndarray, max_shift: int) -> float:
+    """Mean |a - b| (0-255) of two (S, S, C) images at the best offset within ±max_shift px.
+
+    A pHash match only says two pictures share their coarse layout, which every centred chibi
+    portrait does; near duplicates (re-encodes, small shifts and rescales) are also equal pixel
+    by pixel once aligned, while different characters in the same pose are not.
+    """
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    side = a.shape[0]
+    m = max_shift
+    core = a[m:side - m, m:side - m]
+    best = float("inf")
+    for dy in range(-m, m + 1):
+        for dx in range(-m, m + 1):
+            shifted = b[m + dy:side - m + dy, m + dx:side - m + dx]
+            best = min(best, float(np.abs(core - shifted).mean()))
+    return best
+
+
 @dataclass(frozen=True)
 class Candidate(Generic[Key]):
     """An image that passed every other check; `area` in pixels of the original."""
@@ -104,19 +126,22 @@ class Candidate(Generic[Key]):
 
 @dataclass(frozen=True)
 class Duplicate(Generic[Key]):
-    """Why a candidate was dropped: 'duplicate' (same bytes) or 'near_duplicate' (pHash distance)."""
+    """Why a candidate was dropped: 'duplicate' (same stored crop) or 'near_duplicate' (pHash distance)."""
 
     reason: str
     of: Key
     distance: int
 
 
-def deduplicate(candidates: list[Candidate[Key]], radius: int) -> tuple[list[Key], dict[Key, Duplicate[Key]]]:
+def deduplicate(candidates: list[Candidate[Key]], radius: int,
+                same_picture: Callable[[Key, Key], bool] | None = None,
+                ) -> tuple[list[Key], dict[Key, Duplicate[Key]]]:
     """Keep one image of each exact or near-duplicate group; returns (kept keys, dropped key → why).
 
     `candidates` must come in priority order among equals (earlier wins); the largest image of a
     group wins over that, since it holds the most detail. Greedy: a candidate is dropped when it is
-    within `radius` of an already kept one, so the result is deterministic for a given order.
+    within `radius` of an already kept one that `same_picture` (if given) confirms, so the result
+    is deterministic for a given order.
     """
     ranked = sorted(range(len(candidates)), key=lambda i: (-candidates[i].area, i))
     index: NearDuplicateIndex[Key] = NearDuplicateIndex(radius)
@@ -128,11 +153,12 @@ def deduplicate(candidates: list[Candidate[Key]], radius: int) -> tuple[list[Key
         if candidate.sha256 in by_sha:
             dropped[candidate.key] = Duplicate("duplicate", by_sha[candidate.sha256], 0)
             continue
-        hit = index.nearest(candidate.phash)
-        if hit is not None:
-            dropped[candidate.key] = Duplicate("near_duplicate", hit[1], hit[0])
-            continue
-        by_sha[candidate.sha256] = candidate.key
-        index.add(candidate.phash, candidate.key)
-        kept.append(candidate.key)
+        for distance, other in index.within(candidate.phash):
+            if same_picture is None or same_picture(candidate.key, other):
+                dropped[candidate.key] = Duplicate("near_duplicate", other, distance)
+                break
+        else:
+            by_sha[candidate.sha256] = candidate.key
+            index.add(candidate.phash, candidate.key)
+            kept.append(candidate.key)
     return kept, dropped
