@@ -216,21 +216,46 @@ class FacesConfig(Strict):
     likelihood: float = Field(default=0.5, ge=0, le=1)
     min_face: int = Field(default=32, ge=8, description="smallest face side kept, px")
     margin: float = Field(default=0.6, ge=0, le=3, description="extra border around the face, x face size")
+    detect_side: int = Field(
+        default=512, ge=64, description="longest side the detector sees, px (larger images are downscaled)"
+    )
 
 
 class CurateConfig(Strict):
+    """Content thresholds apply to the square crop scaled to 128 px; calibrated on flat-shaded anime art."""
+
     min_side: int = Field(default=64, ge=8, description="smaller images are rejected, px")
     max_aspect: float = Field(default=2.5, ge=1)
     mono_max_chroma: float = Field(
-        default=6.0, ge=0, description="mean chroma (0-255 scale) at or below which an image is monochrome"
+        default=8.0, ge=0,
+        description="CIELAB chroma of the most colourful 10% of pixels at or below which a crop is "
+        "monochrome",
     )
-    min_colors: int = Field(default=24, ge=1, description="fewest distinct quantised colours kept")
-    min_edge_energy: float = Field(default=2.0, ge=0, description="blur / low-information threshold")
-    phash_distance: int = Field(default=6, ge=0, le=32, description="near-duplicate Hamming radius")
+    min_colors: int = Field(
+        default=8, ge=1,
+        description="fewest colours (5 bits/channel, each ≥ 0.2% of pixels); flat fills have 1-5",
+    )
+    min_edge_energy: float = Field(
+        default=12.0, ge=0, description="mean |Laplacian| (0-255 grey) below which a crop is blurred or flat"
+    )
+    min_line_art: float = Field(
+        default=0.7, ge=0,
+        description="thin dark outline pixels per crop width below which a crop is not_avatar "
+        "(require_avatar)",
+    )
+    phash_distance: int = Field(default=6, ge=0, le=32, description="near-duplicate pHash Hamming radius")
+    near_duplicate_max_diff: float = Field(
+        default=12.0, ge=0, le=255,
+        description="mean |RGB difference| of the best-aligned crops (±4 px at 128 px) at or below which a "
+        "pHash match is confirmed as a near duplicate; 255 trusts pHash alone",
+    )
     output_size: int = Field(default=128, ge=16, le=1024, description="side of stored crops, px")
-    require_avatar: bool = Field(default=True, description="reject images with no face-like layout")
+    require_avatar: bool = Field(
+        default=True, description="faces.mode none: reject crops without line art (scenery, text, photos)"
+    )
     faces: FacesConfig = Field(default_factory=FacesConfig)
     contact_sheet_max: int = Field(default=64, ge=0)
+    workers: int = Field(default=0, ge=0, description="processes for per-image checks; 0 = one per CPU")
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +278,79 @@ class PreprocessConfig(Strict):
 
 
 # --------------------------------------------------------------------------------------------
+# Train
+# --------------------------------------------------------------------------------------------
+
+# Profiles fill in whatever train.* keys params.yaml leaves out; explicit keys always win.
+TRAIN_PROFILES: dict[str, dict[str, Any]] = {
+    # About 10 minutes on 2 CPU cores for the default 64 px synthetic gallery.
+    "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 2400, "device": "cpu",
+            "precision": "fp32", "checkpoint_every": 200, "sample_every": 400},
+    # One modern GPU: StyleGAN-lite with bf16 autocast and channels_last.
+    "gpu": {"arch": "stylegan", "batch_size": 64, "steps": 40000, "device": "cuda",
+            "precision": "bf16", "checkpoint_every": 1000, "sample_every": 2000, "r1_gamma": 0.5,
+            "ema_beta": 0.999},
+}
+
+
+class TrainConfig(Strict):
+    """GAN training; see TRAIN_PROFILES for the values a profile fills in."""
+
+    profile: Literal["cpu", "gpu"] = "cpu"
+    arch: Literal["dcgan", "stylegan"] = "dcgan"
+    conditional: bool = Field(default=True, description="condition on labels when the data has any")
+    width: int = Field(default=64, ge=4, le=1024, description="DCGAN base width (64 = the classic)")
+    z_dim: int = Field(default=100, ge=1, le=2048)
+    channel_base: int = Field(default=2048, ge=64, description="StyleGAN channel budget")
+    channel_max: int = Field(default=256, ge=8)
+    steps: int = Field(default=2400, ge=1, description="optimizer steps (kimg = steps x batch / 1000)")
+    batch_size: int = Field(default=32, ge=2, le=4096, description="global batch, split across ranks")
+    loss: Literal["nonsaturating", "minimax", "wgan-gp", "hinge"] = "nonsaturating"
+    lr_g: float = Field(default=2e-4, gt=0, le=1)
+    lr_d: float = Field(default=2e-4, gt=0, le=1)
+    beta1: float = Field(default=0.5, ge=0, lt=1)
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    d_steps: int = Field(default=1, ge=1, le=10, description="discriminator steps per generator step")
+    gp_weight: float = Field(default=10.0, ge=0)
+    r1_gamma: float = Field(default=0.0, ge=0, description="lazy R1 weight; 0 = off")
+    r1_interval: int = Field(default=16, ge=1)
+    augment: str = Field(default="color,translation,cutout", description="DiffAugment policy; '' = none")
+    ada: bool = Field(default=True, description="adapt the augmentation probability (ADA)")
+    ada_target: float = Field(default=0.6, ge=0, le=1)
+    ada_speed_kimg: float = Field(default=100.0, gt=0)
+    augment_p: float = Field(default=0.0, ge=0, le=1, description="initial (or fixed, without ada) p")
+    ema_beta: float = Field(default=0.995, ge=0, lt=1)
+    ema_rampup: float | None = Field(default=0.05, ge=0)
+    style_mix_prob: float = Field(default=0.9, ge=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = Field(default=0, ge=0, description="CPU threads; 0 = all cores")
+    deterministic: bool = Field(default=False, description="bitwise-repeatable runs (slower)")
+    checkpoint_every: int = Field(default=200, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    sample_every: int = Field(default=400, ge=1)
+    sample_columns: int = Field(default=8, ge=1, le=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "cpu")
+        preset = TRAIN_PROFILES.get(profile, {}) if isinstance(profile, str) else {}
+        return {**preset, **data}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.loss == "wgan-gp" and self.gp_weight == 0:
+            raise ValueError("loss wgan-gp needs gp_weight > 0")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
 # The whole file
 # --------------------------------------------------------------------------------------------
 
@@ -264,8 +362,8 @@ class Params(Strict):
     scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     # Sections owned by later stages are accepted as mappings until their models exist.
-    train: dict[str, Any] = Field(default_factory=dict)
     evaluate: dict[str, Any] = Field(default_factory=dict)
     registry: dict[str, Any] = Field(default_factory=dict, alias="register")
 
