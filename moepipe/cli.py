@@ -136,6 +136,33 @@ def preprocess(
     _run(action, params)
 
 
+@app.command()
+def train(
+    params: ParamsOption = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="prepared folder from `moepipe preprocess`")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="model folder: generator.pt and checkpoints/")] = Path("models"),
+    reports: Annotated[Path | None, typer.Option(help="training curves (metrics.csv) and sample grids")] = Path(
+        "reports/train"),
+) -> None:
+    """Train the GAN on PREPARED; resumes from the newest matching checkpoint in OUT/checkpoints.
+
+    Runs on CUDA when available (bf16 autocast, channels_last), else on CPU. For several GPUs or
+    hosts, launch through torchrun: `torchrun --nproc_per_node 4 -m moepipe train ...`.
+    """
+
+    def action(p: Params) -> str:
+        _require_dir(prepared, "prepared data")
+        from moepipe.train.loop import train as run_train
+
+        result = run_train(p.train, p.seed, prepared, out, reports=reports)
+        last = result.last
+        losses = f", D {last['loss_d']:.3f} G {last['loss_g']:.3f}" if last else ""
+        return (f"train: {result.steps} steps ({result.kimg:.1f} kimg, resumed at {result.resumed_from}) "
+                f"in {result.seconds:.0f} s, {result.images_per_s:.0f} img/s{losses} → {out / 'generator.pt'}")
+
+    _run(action, params)
+
+
 @app.command("check-params")
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml and exit; prints nothing but errors."""

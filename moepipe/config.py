@@ -285,7 +285,7 @@ class PreprocessConfig(Strict):
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     # About 10 minutes on 2 CPU cores for the default 64 px synthetic gallery.
     "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 2400, "device": "cpu",
-            "precision": "fp32", "checkpoint_every": 200, "sample_every": 400},
+            "precision": "fp32", "checkpoint_every": 200, "sample_every": 400, "ada_speed_kimg": 20.0},
     # One modern GPU: StyleGAN-lite with bf16 autocast and channels_last.
     "gpu": {"arch": "stylegan", "batch_size": 64, "steps": 40000, "device": "cuda",
             "precision": "bf16", "checkpoint_every": 1000, "sample_every": 2000, "r1_gamma": 0.5,

@@ -1,0 +1,59 @@
+"""Where training metrics and sample grids go. The loop talks to this interface only.
+
+FileSink writes what `dvc plots` reads (metrics.csv, sample PNGs); the registry step provides
+an MLflow implementation of the same two methods.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Protocol
+
+from PIL import Image
+
+from moepipe.images import atomic_write, encode_png
+
+COLUMNS = ["step", "kimg", "loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "augment_p",
+           "real_sign", "r1", "img_s"]
+
+
+class MetricsSink(Protocol):
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def log_image(self, step: int, image: Image.Image) -> None: ...
+
+
+class FileSink:
+    """reports/metrics.csv (one row per logged step) and reports/samples/step-*.png + latest.png.
+
+    On resume from step k, rows after k are dropped first, so the curve has no doubled steps.
+    """
+
+    def __init__(self, folder: Path, resumed_step: int = 0) -> None:
+        self.folder = folder
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        self.csv = folder / "metrics.csv"
+        rows = []
+        if self.csv.exists() and resumed_step > 0:
+            with self.csv.open(newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= resumed_step]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.csv, buffer.getvalue().encode())
+        if resumed_step == 0:
+            for old in (folder / "samples").glob("step-*.png"):
+                old.unlink()
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        row = {"step": step, **{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in metrics.items()}}
+        with self.csv.open("a", newline="") as handle:
+            csv.DictWriter(handle, COLUMNS, extrasaction="ignore", lineterminator="\n").writerow(row)
+
+    def log_image(self, step: int, image: Image.Image) -> None:
+        data = encode_png(image)
+        atomic_write(self.folder / "samples" / f"step-{step:08d}.png", data)
+        atomic_write(self.folder / "samples" / "latest.png", data)

@@ -1,0 +1,118 @@
+"""The training loop's promises: exact resume, checkpoint fallback, divergence guard, outputs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from moepipe.config import TrainConfig
+from moepipe.train import checkpoint as ckpt
+from moepipe.train.loop import TrainingDiverged, load_generator, train
+
+TINY = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu",
+            precision="fp32", checkpoint_every=3, log_every=1, sample_every=3, sample_columns=3)
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("arch, extra", [("dcgan", {}), ("stylegan", {"channel_base": 256, "channel_max": 32,
+                                                                         "r1_gamma": 1.0, "r1_interval": 2})])
+def test_resume_at_step_k_gives_the_same_weights(prepared16: Path, tmp_path: Path, arch, extra) -> None:
+    straight = train(tiny(arch=arch, steps=6, **extra), 0, prepared16, tmp_path / "a", echo=quiet)
+    first = train(tiny(arch=arch, steps=3, **extra), 0, prepared16, tmp_path / "b", echo=quiet)
+    lines: list[str] = []
+    resumed = train(tiny(arch=arch, steps=6, **extra), 0, prepared16, tmp_path / "b", echo=lines.append)
+    assert (first.steps, resumed.resumed_from) == (3, 3)
+    assert lines == [f"train: resuming from step 3 ({tmp_path / 'b' / 'checkpoints'})"]
+    assert resumed.digest == straight.digest
+    assert first.digest != straight.digest
+    a = torch.load(tmp_path / "a" / "generator.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "generator.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(prepared16: Path, tmp_path: Path) -> None:
+    straight = train(tiny(steps=9), 0, prepared16, tmp_path / "a", echo=quiet)
+    train(tiny(steps=6), 0, prepared16, tmp_path / "b", echo=quiet)
+    newest = ckpt.checkpoint_path(tmp_path / "b" / "checkpoints", 6)
+    newest.write_bytes(newest.read_bytes()[:1000])  # as if the disk filled mid-copy
+    lines: list[str] = []
+    resumed = train(tiny(steps=9), 0, prepared16, tmp_path / "b", echo=lines.append)
+    assert resumed.resumed_from == 3
+    assert lines[0].startswith("train: warning: step-00000006.pt is unreadable (")
+    assert lines[0].endswith("; falling back to an older checkpoint") and "\n" not in lines[0]
+    assert resumed.digest == straight.digest
+
+
+def test_checkpoints_of_other_params_are_not_resumed(prepared16: Path, tmp_path: Path) -> None:
+    train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet)
+    lines: list[str] = []
+    result = train(tiny(steps=3, lr_g=1e-4), 0, prepared16, tmp_path, echo=lines.append)
+    assert result.resumed_from == 0
+    assert lines == ["train: starting afresh; removing 1 checkpoint(s) of other params or data"]
+
+
+def test_checkpoints_load_with_weights_only_and_keep_the_newest(prepared16: Path, tmp_path: Path) -> None:
+    train(tiny(steps=12, keep_checkpoints=2), 0, prepared16, tmp_path, echo=quiet)
+    steps = [step for step, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")]
+    assert steps == [12, 9]
+    state = torch.load(ckpt.checkpoint_path(tmp_path / "checkpoints", 12), weights_only=True)
+    assert {"generator", "discriminator", "opt_g", "opt_d", "ema", "ada", "torch_rng", "step"} <= set(state)
+    generator, meta = load_generator(tmp_path / "generator.pt")
+    assert meta["label_dim"] == len(meta["vocabulary"]) > 0
+    images = generator(torch.randn(2, generator.z_dim), torch.zeros(2, meta["label_dim"]))
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(
+        prepared16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moepipe.train import losses
+
+    original = losses.NonSaturatingLoss.d_loss
+    calls = {"n": 0}
+
+    def poisoned(self, real, fake):
+        calls["n"] += 1
+        value = original(self, real, fake)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(losses.NonSaturatingLoss, "d_loss", poisoned)
+    with pytest.raises(TrainingDiverged) as raised:
+        train(tiny(steps=9), 0, prepared16, tmp_path, echo=quiet)
+    assert str(raised.value).startswith("train: the discriminator loss became nan at step 4; stopped")
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [3]
+    assert not (tmp_path / "generator.pt").exists()
+
+
+def test_metrics_and_sample_grids_for_dvc_plots(prepared16: Path, tmp_path: Path) -> None:
+    train(tiny(steps=6), 0, prepared16, tmp_path / "m", reports=tmp_path / "r", echo=quiet)
+    with (tmp_path / "r" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(float(r["img_s"]) > 0 and r["loss_d"] and r["grad_norm_g"] for r in rows)
+    samples = sorted(p.name for p in (tmp_path / "r" / "samples").iterdir())
+    assert samples == ["latest.png", "step-00000003.png", "step-00000006.png"]
+    # resuming drops rows after the checkpoint instead of doubling them
+    train(tiny(steps=3), 0, prepared16, tmp_path / "m2", reports=tmp_path / "r2", echo=quiet)
+    (tmp_path / "r2" / "metrics.csv").write_text((tmp_path / "r2" / "metrics.csv").read_text() + "4,0,9,9,,,,,,1\n")
+    train(tiny(steps=6), 0, prepared16, tmp_path / "m2", reports=tmp_path / "r2", echo=quiet)
+    with (tmp_path / "r2" / "metrics.csv").open() as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_cuda_requested_without_a_gpu_is_a_user_error(prepared16: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from moepipe.errors import UserError
+
+    with pytest.raises(UserError, match="train.device is 'cuda' but no CUDA device is visible"):
+        train(tiny(steps=1, device="cuda"), 0, prepared16, tmp_path, echo=quiet)
