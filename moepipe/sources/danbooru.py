@@ -63,18 +63,18 @@ def _auth_params(cfg: "DanbooruSource") -> dict[str, str]:
     return {}
 
 
-def _to_post(cfg: "DanbooruSource", raw: dict[str, Any]) -> Post | None:
-    """A Post from one posts.json item, or None when the file is not downloadable."""
+def booru_post(label: str, site: str, raw: dict[str, Any], tags_key: str) -> Post | None:
+    """A Post from one booru API item (Danbooru or Gelbooru shape), or None when not downloadable."""
     # Deleted, banned and gold-only posts come back without file_url (and often without md5).
     file_url = raw.get("file_url")
     if not file_url:
         return None
     return Post(
-        source=cfg.label,
+        source=label,
         post_id=str(raw["id"]),
-        url=urljoin(base_url(cfg.url), file_url),
+        url=urljoin(base_url(site), file_url),
         md5=raw.get("md5") or None,
-        tags=str(raw.get("tag_string") or "").split(),
+        tags=str(raw.get(tags_key) or "").split(),
         rating=normalize_rating(raw.get("rating")),
         extra={
             "score": raw.get("score"),
@@ -114,7 +114,7 @@ def iter_posts(cfg: "DanbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
                 if previous is not None and post_id >= previous:
                     continue  # a server that ignores the cursor must not make us loop or repeat
                 lowest_id = post_id if lowest_id is None else min(lowest_id, post_id)
-                post = _to_post(cfg, raw)
+                post = booru_post(cfg.label, cfg.url, raw, "tag_string")
                 if post is None:
                     skipped += 1
                     log.debug("danbooru: post %s has no file_url; skipped", post_id)

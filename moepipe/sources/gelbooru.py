@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 from moepipe.errors import UserError
 from moepipe.sources.base import Post, normalize_rating
-from moepipe.sources.danbooru import api_key_from_env, base_url, get_listing
+from moepipe.sources.danbooru import api_key_from_env, base_url, booru_post, get_listing
 
 if TYPE_CHECKING:
     from moepipe.config import GelbooruSource
@@ -35,25 +35,6 @@ def _posts_of(cfg: "GelbooruSource", page: Any) -> list[dict[str, Any]]:
     message = page.get("message") if isinstance(page, dict) else None
     raise UserError(f"scrape: source {cfg.label!r}: the post index answered "
                     f"{message or 'something other than posts'}")
-
-
-def _to_post(cfg: "GelbooruSource", raw: dict[str, Any]) -> Post | None:
-    file_url = raw.get("file_url")
-    if not file_url:
-        return None
-    return Post(
-        source=cfg.label,
-        post_id=str(raw["id"]),
-        url=urljoin(base_url(cfg.url), file_url),
-        md5=raw.get("md5") or None,
-        tags=str(raw.get("tags") or "").split(),
-        rating=normalize_rating(raw.get("rating")),
-        extra={
-            "score": raw.get("score"),
-            "created_at": raw.get("created_at"),
-            "source_url": raw.get("source") or None,
-        },
-    )
 
 
 def iter_posts(cfg: "GelbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
@@ -84,7 +65,7 @@ def iter_posts(cfg: "GelbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
                     continue
                 seen.add(post_id)
                 fresh += 1
-                post = _to_post(cfg, raw)
+                post = booru_post(cfg.label, cfg.url, raw, "tags")
                 if post is None:
                     skipped += 1
                     continue
