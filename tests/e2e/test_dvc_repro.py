@@ -33,6 +33,7 @@ def project(tmp_path_factory):
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["scrape"]["sources"][0]["limit"] = 80
     params["preprocess"]["resolution"] = 32
+    params["train"].update(steps=6, width=8, z_dim=16, batch_size=8, checkpoint_every=3, sample_every=3)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / "dvc.lock").unlink(missing_ok=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -51,9 +52,10 @@ def ran_stages(output: str) -> list[str]:
 def test_repro_builds_then_is_a_no_op_then_reruns_only_preprocess(project):
     dest, env = project
     first = run([sys.executable, "-m", "dvc", "repro"], dest, env)
-    assert ran_stages(first) == ["scrape", "curate", "preprocess"]
+    assert ran_stages(first) == ["scrape", "curate", "preprocess", "train"]
     for name in ("data/raw/manifest.jsonl", "data/curated/manifest.jsonl", "data/prepared/train_images.npy",
-                 "reports/scrape.json", "reports/curate.json", "reports/preprocess.json"):
+                 "reports/scrape.json", "reports/curate.json", "reports/preprocess.json",
+                 "models/generator.pt", "reports/train/metrics.csv", "reports/train/samples/latest.png"):
         assert (dest / name).is_file(), name
 
     second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
@@ -63,10 +65,14 @@ def test_repro_builds_then_is_a_no_op_then_reruns_only_preprocess(project):
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["preprocess"]["resolution"] = 16
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = run([sys.executable, "-m", "dvc", "repro"], dest, env)
-    assert ran_stages(third) == ["preprocess"]
+    third = run([sys.executable, "-m", "dvc", "repro", "preprocess"], dest, env)
+    assert ran_stages(third) == ["preprocess"]  # scrape and curate are not touched
     import numpy as np
 
     assert np.load(dest / "data/prepared/train_images.npy", mmap_mode="r").shape[1:] == (16, 16, 3)
+    fourth = run([sys.executable, "-m", "dvc", "repro"], dest, env)
+    assert ran_stages(fourth) == ["train"]  # the model follows the new data
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dest, env)
     assert "reports/curate.json" in metrics
+    plots = run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], dest, env)
+    assert (dest / "plots_html" / "index.html").is_file(), plots
