@@ -29,10 +29,18 @@ def sample_labels(data: PackedSet, label_dim: int, rows: int) -> list[np.ndarray
     return chosen
 
 
-def _caption(vector: np.ndarray | None, vocabulary: list[str]) -> str:
+def _caption(vector: np.ndarray | None, vocabulary: list[str], max_lines: int) -> str:
+    """The row's tags, wrapped to the caption column and cut to the lines that fit the row."""
     if vector is None:
         return ""
-    return "\n".join(tag for tag, on in zip(vocabulary, vector) if on)
+    import textwrap
+
+    tags = ", ".join(tag.replace("_", " ") for tag, on in zip(vocabulary, vector) if on)
+    lines = textwrap.wrap(tags, width=24)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:21] + "..."
+    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -54,7 +62,8 @@ def sample_grid(generator: torch.nn.Module, rows: list[np.ndarray | None], colum
     draw = ImageDraw.Draw(canvas)
     for r, (row_tiles, vector) in enumerate(zip(tiles, rows)):
         if captioned:
-            draw.multiline_text((4, r * (size + 2) + 2), _caption(vector, vocabulary), fill=(40, 40, 40), spacing=0)
+            caption = _caption(vector, vocabulary, max_lines=max(1, (size - 2) // 11))
+            draw.multiline_text((4, r * (size + 2) + 2), caption, fill=(40, 40, 40), spacing=1)
         for c, tile in enumerate(row_tiles):
             canvas.paste(Image.fromarray(tile), (left + c * (size + 2), r * (size + 2)))
     return canvas
