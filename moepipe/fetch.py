@@ -16,8 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 
 from moepipe import netguard, robots
+from moepipe.hostlimits import HostLimits
 from moepipe.config import ScrapeConfig
 from moepipe.images import ImageError, ImageHeader, read_header, sniff_kind
 
@@ -113,42 +113,6 @@ class _Transient(Exception):
         self.detail = detail
 
 
-class _Limits:
-    """Concurrency caps (overall and per host) and per-host request spacing, shared by threads.
-
-    Spacing rather than a token bucket: a polite crawler should not burst after an idle spell.
-    The turn is taken while holding the slots, so sends are never closer than 1/rate apart.
-    """
-
-    def __init__(self, concurrency: int, rate: float, sleep: Callable[[float], None],
-                 clock: Callable[[], float]) -> None:
-        self._concurrency = concurrency
-        self._interval = 1.0 / rate if rate > 0 else 0.0
-        self._sleep, self._clock = sleep, clock
-        self._overall = threading.BoundedSemaphore(concurrency)
-        self._per_host: dict[str, threading.BoundedSemaphore] = {}
-        self._next_turn: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def slot(self, host: str) -> Iterator[None]:
-        with self._lock:
-            host_slots = self._per_host.setdefault(host, threading.BoundedSemaphore(self._concurrency))
-        with host_slots, self._overall:
-            self._wait_turn(host)
-            yield
-
-    def _wait_turn(self, host: str) -> None:
-        if not self._interval:
-            return
-        with self._lock:
-            now = self._clock()
-            turn = max(now, self._next_turn.get(host, now))
-            self._next_turn[host] = turn + self._interval
-        if turn > now:
-            self._sleep(turn - now)
-
-
 def _check_url(url: httpx.URL) -> None:
     if url.scheme not in ("http", "https"):
         raise FetchError("bad_scheme", str(url), f"scheme {url.scheme or 'none'!r} is not http(s)")
@@ -167,7 +131,7 @@ class Fetcher:
         self._cfg = cfg
         self._sleep, self._clock = sleep, clock
         self._token = robots.product_token(cfg.user_agent)
-        self._limits = _Limits(cfg.concurrency, cfg.rate_per_host, sleep, clock)
+        self._limits = HostLimits(cfg.concurrency, cfg.rate_per_host, sleep, clock)
         self._random = random.Random()
         # origin -> (rules, expiry on self._clock, whether they stem from a failed fetch)
         self._robots: dict[tuple[str, str, int], tuple[robots.RobotsRules, float, bool]] = {}
