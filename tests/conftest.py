@@ -17,7 +17,7 @@ def build_prepared(root: Path, limit: int, resolution: int) -> Path:
     from moepipe.scrape import scrape
 
     params = parse_params({
-        "scrape": {"sources": [{"kind": "synthetic", "limit": limit, "seed": 3, "resolution": 64}]},
+        "scrape": {"sources": [{"kind": "synthetic", "limit": limit, "seed": 3}]},
         "curate": {"output_size": 64, "workers": 1},
         "preprocess": {"resolution": resolution, "val_fraction": 0.1},
     })
