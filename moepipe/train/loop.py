@@ -60,10 +60,19 @@ def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     return {"z_dim": cfg.z_dim, "channel_base": cfg.channel_base, "channel_max": cfg.channel_max}
 
 
+def code_digest() -> str:
+    """sha256 of the model and training source: a checkpoint made by other code is not resumed."""
+    package = Path(__file__).resolve().parents[1]
+    hasher = hashlib.sha256()
+    for path in sorted([*(package / "models").glob("*.py"), *(package / "train").glob("*.py"), package / "data.py"]):
+        hasher.update(path.name.encode() + path.read_bytes())
+    return hasher.hexdigest()
+
+
 def fingerprint(cfg: TrainConfig, seed: int, data: PackedSet, world_size: int) -> str:
-    """What a checkpoint must match to be resumed: params that change the math, and the data."""
+    """What a checkpoint must match to be resumed: params that change the math, the data, the code."""
     settings = {k: v for k, v in cfg.model_dump().items() if k not in _NOT_IN_FINGERPRINT}
-    hasher = hashlib.sha256(json.dumps([settings, seed, world_size], sort_keys=True).encode())
+    hasher = hashlib.sha256(json.dumps([settings, seed, world_size, code_digest()], sort_keys=True).encode())
     hasher.update(np.ascontiguousarray(data.images).tobytes())
     hasher.update(np.ascontiguousarray(data.labels).tobytes())
     return hasher.hexdigest()[:20]

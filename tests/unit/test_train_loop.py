@@ -116,3 +116,12 @@ def test_cuda_requested_without_a_gpu_is_a_user_error(prepared16: Path, tmp_path
 
     with pytest.raises(UserError, match="train.device is 'cuda' but no CUDA device is visible"):
         train(tiny(steps=1, device="cuda"), 0, prepared16, tmp_path, echo=quiet)
+
+
+def test_checkpoints_of_other_training_code_are_not_resumed(prepared16: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from moepipe.train import loop
+
+    train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet)
+    monkeypatch.setattr(loop, "code_digest", lambda: "edited training code")
+    assert train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet).resumed_from == 0
