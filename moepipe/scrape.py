@@ -3,7 +3,8 @@
 Layout of the output folder::
 
     images/<sha256>.<ext>   content-addressed files, written atomically
-    manifest.jsonl          one record per stored post (append-only, fsynced after the file)
+    manifest.jsonl          one record per stored post (append-only, fsynced after the file;
+                            a finished run rewrites it sorted, so identical runs give identical bytes)
     rejects.jsonl           posts refused for good (robots, md5, not an image ...), so a re-run skips them
     report.json             counts by outcome and reason for the last run
 
@@ -28,7 +29,7 @@ from typing import Any
 from moepipe.config import ScrapeConfig
 from moepipe.errors import UserError
 from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex
-from moepipe.manifest import JsonlLog, Manifest
+from moepipe.manifest import JsonlLog, Manifest, read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
 from moepipe.sources import Post, iter_source, needs_network
 
@@ -175,8 +176,17 @@ def scrape(cfg: ScrapeConfig, out: Path) -> ScrapeReport:
         for source in cfg.sources:
             _scrape_source(run, source, pool, progress, task)
         run.report.total_in_manifest = len(run.manifest.records)
+    for name in ("manifest.jsonl", "rejects.jsonl"):  # worker threads appended in finishing order
+        records = read_jsonl(out / name)
+        write_jsonl(out / name, sorted(records, key=_post_order))
     atomic_write(out / "report.json", (json.dumps(run.report.to_json(), indent=2) + "\n").encode())
     return run.report
+
+
+def _post_order(record: dict[str, Any]) -> tuple:
+    """Sort key putting a finished run's records in a fixed order: by source, then post id."""
+    post_id = str(record["post_id"])
+    return (record["source"], 0, int(post_id), "") if post_id.isdigit() else (record["source"], 1, 0, post_id)
 
 
 def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: Any, task: Any) -> None:
