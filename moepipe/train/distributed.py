@@ -84,11 +84,3 @@ def gather_cat(tensor: torch.Tensor, world: World) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world.size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
-
-
-def mean_scalar(value: float, world: World) -> float:
-    if not world.distributed:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor.item()) / world.size
