@@ -54,5 +54,13 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_params(broken)
 
 
-def test_register_section_is_accepted_under_its_yaml_name():
-    assert parse_params({"register": {"metric": "fd"}}).registry == {"metric": "fd"}
+def test_model_stage_sections_are_typed():
+    params = parse_params({"register": {"primary_metric": "kid", "direction": "minimize",
+                                        "gates": {"control_accuracy": {"min": 0.5}}},
+                           "evaluate": {"samples": 200, "classifier": {"epochs": 3}}})
+    assert params.registry.gates["control_accuracy"].min == 0.5
+    assert params.evaluate.classifier.epochs == 3 and params.evaluate.samples == 200
+    with pytest.raises(ConfigError, match=r"register.direction: .*'minimize' or 'maximize'"):
+        parse_params({"register": {"direction": "up"}})
+    with pytest.raises(ConfigError, match=r"evaluate.sample: Extra inputs are not permitted"):
+        parse_params({"evaluate": {"sample": 10}})

@@ -1,26 +1,13 @@
-"""Typed parameters for every stage, loaded from params.yaml.
-
-This module is the only place where defaults live. Every model forbids unknown keys, so a typo
-in params.yaml fails before any work starts, naming the key: ``params.yaml: scrape.rate_per_host:
-Input should be greater than or equal to 0 (got -1)``.
-"""
+"""Params of the data stages: labels, scrape, curate, preprocess."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
-import yaml
-from moepipe.errors import UserError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class ConfigError(UserError, ValueError):
-    """A user mistake in params.yaml: the message is one line naming the file and key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from moepipe.config.base import Strict
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,134 +262,3 @@ class PreprocessConfig(Strict):
         if value not in (16, 32, 64, 128, 256):
             raise ValueError(f"must be one of 16, 32, 64, 128, 256 (got {value})")
         return value
-
-
-# --------------------------------------------------------------------------------------------
-# Train
-# --------------------------------------------------------------------------------------------
-
-# Profiles fill in whatever train.* keys params.yaml leaves out; explicit keys always win.
-TRAIN_PROFILES: dict[str, dict[str, Any]] = {
-    # About 10 minutes on 2 CPU cores for the default 64 px synthetic gallery.
-    "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 2400, "device": "cpu",
-            "precision": "fp32", "checkpoint_every": 200, "sample_every": 400, "ada_speed_kimg": 20.0},
-    # One modern GPU: StyleGAN-lite with bf16 autocast and channels_last.
-    "gpu": {"arch": "stylegan", "batch_size": 64, "steps": 40000, "device": "cuda",
-            "precision": "bf16", "checkpoint_every": 1000, "sample_every": 2000, "r1_gamma": 0.5,
-            "ema_beta": 0.999},
-}
-
-
-class TrainConfig(Strict):
-    """GAN training; see TRAIN_PROFILES for the values a profile fills in."""
-
-    profile: Literal["cpu", "gpu"] = "cpu"
-    arch: Literal["dcgan", "stylegan"] = "dcgan"
-    conditional: bool = Field(default=True, description="condition on labels when the data has any")
-    width: int = Field(default=64, ge=4, le=1024, description="DCGAN base width (64 = the classic)")
-    z_dim: int = Field(default=100, ge=1, le=2048)
-    channel_base: int = Field(default=2048, ge=64, description="StyleGAN channel budget")
-    channel_max: int = Field(default=256, ge=8)
-    steps: int = Field(default=2400, ge=1, description="optimizer steps (kimg = steps x batch / 1000)")
-    batch_size: int = Field(default=32, ge=2, le=4096, description="global batch, split across ranks")
-    loss: Literal["nonsaturating", "minimax", "wgan-gp", "hinge"] = "nonsaturating"
-    lr_g: float = Field(default=2e-4, gt=0, le=1)
-    lr_d: float = Field(default=2e-4, gt=0, le=1)
-    beta1: float = Field(default=0.5, ge=0, lt=1)
-    beta2: float = Field(default=0.999, ge=0, lt=1)
-    d_steps: int = Field(default=1, ge=1, le=10, description="discriminator steps per generator step")
-    gp_weight: float = Field(default=10.0, ge=0)
-    r1_gamma: float = Field(default=0.0, ge=0, description="lazy R1 weight; 0 = off")
-    r1_interval: int = Field(default=16, ge=1)
-    augment: str = Field(default="color,translation,cutout", description="DiffAugment policy; '' = none")
-    ada: bool = Field(default=True, description="adapt the augmentation probability (ADA)")
-    ada_target: float = Field(default=0.6, ge=0, le=1)
-    ada_speed_kimg: float = Field(default=100.0, gt=0)
-    augment_p: float = Field(default=0.0, ge=0, le=1, description="initial (or fixed, without ada) p")
-    ema_beta: float = Field(default=0.995, ge=0, lt=1)
-    ema_rampup: float | None = Field(default=0.05, ge=0)
-    style_mix_prob: float = Field(default=0.9, ge=0, le=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    threads: int = Field(default=0, ge=0, description="CPU threads; 0 = all cores")
-    deterministic: bool = Field(default=False, description="bitwise-repeatable runs (slower)")
-    checkpoint_every: int = Field(default=200, ge=1)
-    keep_checkpoints: int = Field(default=3, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    sample_every: int = Field(default=400, ge=1)
-    sample_columns: int = Field(default=8, ge=1, le=32)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _apply_profile(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        profile = data.get("profile", "cpu")
-        preset = TRAIN_PROFILES.get(profile, {}) if isinstance(profile, str) else {}
-        return {**preset, **data}
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TrainConfig":
-        if self.loss == "wgan-gp" and self.gp_weight == 0:
-            raise ValueError("loss wgan-gp needs gp_weight > 0")
-        return self
-
-
-# --------------------------------------------------------------------------------------------
-# The whole file
-# --------------------------------------------------------------------------------------------
-
-class Params(Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    seed: int = 0
-    labels: LabelsConfig = Field(default_factory=LabelsConfig)
-    scrape: ScrapeConfig = Field(default_factory=ScrapeConfig)
-    curate: CurateConfig = Field(default_factory=CurateConfig)
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    # Sections owned by later stages are accepted as mappings until their models exist.
-    evaluate: dict[str, Any] = Field(default_factory=dict)
-    registry: dict[str, Any] = Field(default_factory=dict, alias="register")
-
-
-def _format_error(path: Path, error: ValidationError) -> str:
-    first = error.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function-"))
-    message = first["msg"].removeprefix("Value error, ")
-    got = first.get("input")
-    shown = "" if isinstance(got, (dict, list)) or first["type"] == "missing" else f" (got {got!r})"
-    extra = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{path}: {loc or '<root>'}: {message}{shown}{extra}"
-
-
-def parse_params(data: Any, path: Path = Path("params.yaml")) -> Params:
-    """Validate an already-parsed mapping; raises ConfigError with a one-line message."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    try:
-        return Params.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_format_error(path, error)) from None
-
-
-def load_params(path: Path | str = "params.yaml") -> Params:
-    """Read and validate params.yaml; raises ConfigError with a one-line message."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML") from None
-    return parse_params(data, path)
