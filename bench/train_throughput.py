@@ -5,8 +5,10 @@
 Both train the same 64 px, width-64, nz-100, batch-64 unconditional DCGAN on the same 512
 synthetic avatars. "classic" is the example as written: PNG decode + PIL/numpy transforms per
 step through a DataLoader, float32 NCHW, unfused Adam, Sigmoid + BCELoss, D step then G step.
-"moepipe" is `_Trainer.step` on packed uint8 arrays with augmentation off (same math), plus a
-line with its DiffAugment policy at p=1 (the most ADA can turn on; it starts at p=0, free).
+"moepipe" is `_Trainer.step` on packed uint8 arrays with augmentation off (same math) in fp32
+and with precision "auto" (bf16 autocast where the CPU computes bf16 in hardware, as the cpu
+profile trains), plus a line with its DiffAugment policy at p=1 (the most ADA can turn on; it
+starts at p=0, free).
 
 The machine is shared and noisy, so variants take turns step by step (one epoch of 8 steps
 each per round) and each is credited the sum of its own steps; ratios come from this one run.
@@ -144,10 +146,10 @@ def classic_runner(root: Path, workers: int) -> Callable[[int], None]:
 
 
 # -- moepipe ----------------------------------------------------------------------------------
-def moepipe_runner(prepared: Path, augment: bool) -> Callable[[int], None]:
+def moepipe_runner(prepared: Path, augment: bool, precision: str) -> Callable[[int], None]:
     extra = {"augment": "color,translation,cutout", "augment_p": 1.0} if augment else {"augment": ""}
     cfg = TrainConfig(arch="dcgan", width=WIDTH, z_dim=NZ, batch_size=BATCH, conditional=False, ada=False,
-                      loss="nonsaturating", channels_last=True, device="cpu", precision="fp32", **extra)
+                      loss="nonsaturating", channels_last=True, device="cpu", precision=precision, **extra)
     trainer = _Trainer(cfg, 0, PackedSet(prepared, "train"), pick_runtime(cfg), World())
     counter = iter(range(10**9))
 
@@ -170,13 +172,16 @@ def matmul_peaks(n: int = 2048, reps: int = 8) -> dict[str, float]:
 
     torch.mm goes to MKL, which on AMD CPUs does not take its AVX-512 path, so it understates
     what the cores can do; the same product as a 1x1 channels_last convolution goes to oneDNN,
-    the library that runs the DCGAN's convolutions, and is the fairer ceiling for them.
+    the library that runs the DCGAN's convolutions, and is the fairer ceiling for them. The bf16
+    line is the ceiling for bf16 autocast (twice fp32's where the CPU has bf16 hardware).
     """
     a, b = torch.randn(n, n), torch.randn(n, n)
     x = a.t().reshape(1, n, n // 64, 64).contiguous(memory_format=torch.channels_last)
     w = b.t().reshape(n, n, 1, 1).contiguous(memory_format=torch.channels_last)
+    x16, w16 = x.bfloat16(), w.bfloat16()
     peaks = {}
-    for name, fn in (("MKL torch.mm", lambda: torch.mm(a, b)), ("oneDNN 1x1 conv", lambda: F.conv2d(x, w))):
+    for name, fn in (("MKL torch.mm", lambda: torch.mm(a, b)), ("oneDNN 1x1 conv", lambda: F.conv2d(x, w)),
+                     ("oneDNN 1x1 conv bf16", lambda: F.conv2d(x16, w16))):
         fn()
         peaks[name] = 2 * n**3 / min(_timed(fn) for _ in range(reps)) / 1e9
     return peaks
@@ -220,8 +225,11 @@ def main() -> None:
         variants = {"classic (workers=0)": classic_runner(Path(tmp) / "pngs", 0)}
         if args.workers:
             variants["classic (workers=2)"] = classic_runner(Path(tmp) / "pngs", 2)
-        variants["moepipe (no augment)"] = moepipe_runner(Path(tmp) / "prepared", augment=False)
-        variants["moepipe (+DiffAugment p=1)"] = moepipe_runner(Path(tmp) / "prepared", augment=True)
+        auto = "bf16" if pick_runtime(TrainConfig(device="cpu")).bf16 else "fp32"
+        variants["moepipe fp32 (no augment)"] = moepipe_runner(Path(tmp) / "prepared", False, "fp32")
+        if auto == "bf16":
+            variants["moepipe bf16 (no augment)"] = moepipe_runner(Path(tmp) / "prepared", False, "bf16")
+        variants[f"moepipe {auto} (+DiffAug p=1)"] = moepipe_runner(Path(tmp) / "prepared", True, auto)
 
         peaks = matmul_peaks()
         flops = {}
@@ -248,19 +256,19 @@ def main() -> None:
 
     steps = rounds * epoch
     print(f"cpu: {cpu_model()}   torch {torch.__version__}   torch threads {torch.get_num_threads()}")
-    print("fp32 2048^3 product peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("2048^3 product peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     print(f"{steps} timed steps per variant ({rounds} interleaved epochs of {epoch}) after {args.warmup} warm-up")
     order = list(variants)
-    mkl, onednn = peaks["MKL torch.mm"], peaks["oneDNN 1x1 conv"]
     print(f"{'variant':27s} {'img/s':>7s} {'ms/step':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
-          f"{'%mm':>5s} {'%1x1':>5s} {'vs classic':>10s}")
+          f"{'%peak':>6s} {'vs classic':>10s}   (%peak: of the oneDNN 1x1 conv of the variant's precision)")
     base = seconds[order[0]]
     for name in order:
         per_step = sum(seconds[name]) / steps
         gflops = flops[name] / per_step / 1e9
         per_round = sorted(b / t for b, t in zip(base, seconds[name]))  # the noise, in plain sight
+        peak = peaks["oneDNN 1x1 conv bf16" if "bf16" in name else "oneDNN 1x1 conv"]
         print(f"{name:27s} {BATCH / per_step:7.1f} {per_step * 1e3:8.0f} {flops[name] / 1e9:10.1f} {gflops:8.1f} "
-              f"{100 * gflops / mkl:4.0f}% {100 * gflops / onednn:4.0f}% {sum(base) / sum(seconds[name]):9.2f}x"
+              f"{100 * gflops / peak:5.0f}% {sum(base) / sum(seconds[name]):9.2f}x"
               f"   (per epoch {per_round[0]:.2f}-{per_round[-1]:.2f}x)")
 
 

@@ -125,3 +125,27 @@ def test_checkpoints_of_other_training_code_are_not_resumed(prepared16: Path, tm
     train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet)
     monkeypatch.setattr(loop, "code_digest", lambda: "edited training code")
     assert train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet).resumed_from == 0
+
+
+def test_bf16_autocast_on_cpu_changes_the_arithmetic_and_still_resumes_exactly(prepared16: Path,
+                                                                               tmp_path: Path) -> None:
+    fp32 = train(tiny(steps=6), 0, prepared16, tmp_path / "fp32", echo=quiet)
+    straight = train(tiny(steps=6, precision="bf16"), 0, prepared16, tmp_path / "a", echo=quiet)
+    train(tiny(steps=3, precision="bf16"), 0, prepared16, tmp_path / "b", echo=quiet)
+    resumed = train(tiny(steps=6, precision="bf16"), 0, prepared16, tmp_path / "b", echo=quiet)
+    assert straight.digest != fp32.digest  # the convolutions really ran in bf16
+    assert resumed.resumed_from == 3 and resumed.digest == straight.digest
+    assert all(torch.isfinite(torch.tensor([straight.last["loss_d"], straight.last["loss_g"]])))
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True),
+                                                         (False, False, False)])
+def test_auto_precision_takes_bf16_only_on_cpus_that_compute_it_in_hardware(
+        monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool, expected: bool) -> None:
+    from moepipe.train.runtime import pick_runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert pick_runtime(TrainConfig(device="cpu", precision="auto")).bf16 is expected
+    assert pick_runtime(TrainConfig(device="cpu", precision="fp32")).bf16 is False
+    assert pick_runtime(TrainConfig(device="cpu", precision="bf16")).bf16 is True
