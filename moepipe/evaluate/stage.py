@@ -1,0 +1,275 @@
+"""The classifier and evaluate stages: score a generator against the held-out real images.
+
+`classifier_stage` trains the attribute classifier (features.py) on the prepared train split.
+`evaluate` draws avatars from generator.pt and compares them with the val split in that
+classifier's feature space (FD, KID, precision/recall), reads back the attributes it asked
+for (control accuracy), optionally adds standard FID from local Inception weights, and draws
+the report pictures. Every random choice comes from the global seed, so a re-run with the same
+params, files and thread count writes the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.linalg import LinAlgWarning
+
+from moepipe.config import EvaluateConfig
+from moepipe.data import PackedSet
+from moepipe.errors import UserError
+from moepipe.evaluate.features import (
+    AttributeClassifier, classify, data_digest, extract, load_classifier, save_classifier, train_classifier,
+)
+from moepipe.evaluate.inception import inception_features, load_fid_inception
+from moepipe.evaluate.metrics import control_accuracy, fd_from_features, group_columns, kid, precision_recall
+from moepipe.evaluate.pictures import (
+    INTERPOLATION_ROWS, SHEET_ROWS, attribute_sweep, interpolation_strips, sample_sheet,
+)
+from moepipe.generate import AvatarModel, png_bytes
+from moepipe.images import atomic_write
+from moepipe.progress import progress_bar
+
+# Each use of randomness draws from its own stream of the global seed, so that changing, say,
+# control_samples leaves the scored samples alone.
+_SAMPLES, _CONTROL, _PICTURES, _KID, _PRECISION = 1, 2, 3, 4, 5
+
+
+def _rng(seed: int, purpose: int) -> np.random.Generator:
+    return np.random.default_rng([seed & 0xFFFF_FFFF_FFFF_FFFF, purpose])
+
+
+def _seeds(rng: np.random.Generator, count: int) -> list[int]:
+    """`count` consecutive (hence distinct) avatar seeds from a random start."""
+    start = int(rng.integers(0, 2**40))
+    return list(range(start, start + count))
+
+
+def report_path(classifier: Path) -> Path:
+    """Where the classifier stage writes its JSON report: next to the classifier file."""
+    return Path(classifier).with_suffix(".json")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def classifier_stage(cfg: EvaluateConfig, seed: int, prepared: Path, out: Path) -> dict[str, Any]:
+    """Train the attribute classifier on prepared/train, score it on prepared/val, save it to `out`.
+
+    Writes `out` (the classifier with its report inside) and the report as JSON next to it;
+    returns the report (per-group held-out "accuracy", "overall", "baseline", counts, digest).
+    """
+    train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
+    if len(train) == 0:
+        raise UserError(f"classifier: {prepared} has no training images")
+    classifier, report = train_classifier(train, val, epochs=cfg.classifier.epochs,
+                                          batch_size=cfg.classifier.batch_size, seed=seed)
+    save_classifier(out, classifier, report)
+    _write_json(report_path(out), report)
+    return report
+
+
+# --- evaluate ---------------------------------------------------------------------------------
+
+def _check_inputs(cfg: EvaluateConfig, prepared: Path, generator: Path, classifier_path: Path,
+                  train: PackedSet, val: PackedSet, model: AvatarModel,
+                  classifier: AttributeClassifier, report: dict[str, Any]) -> None:
+    """One-line UserErrors for inputs that do not belong together."""
+    resolution = int(train.meta["resolution"])
+    if model.resolution != resolution:
+        raise UserError(f"{generator} draws {model.resolution} px avatars but {prepared} holds {resolution} px "
+                        f"images; evaluate a generator against the data it was trained on")
+    if model.conditional and model.vocabulary != train.vocabulary:
+        raise UserError(f"{generator} was trained with other attribute labels than {prepared}; "
+                        f"evaluate it against the data it was trained on")
+    if classifier.resolution != resolution or classifier.vocabulary != train.vocabulary \
+            or report.get("data_digest") != data_digest(train, val):
+        raise UserError(f"{classifier_path} was trained on other data than {prepared}; "
+                        f"re-run `moepipe classifier`")
+    needed = max(2, cfg.pr_k + 1)
+    if len(val) < needed:
+        raise UserError(f"{prepared} has {len(val)} val images; evaluate needs at least {needed} "
+                        f"(raise preprocess.val_fraction or lower evaluate.pr_k)")
+    if cfg.samples < needed:
+        raise UserError(f"evaluate.samples must be at least {needed} for pr_k {cfg.pr_k} (got {cfg.samples})")
+
+
+def _tags(vector: np.ndarray, vocabulary: list[str]) -> list[str]:
+    return [vocabulary[j] for j in np.flatnonzero(vector)]
+
+
+def _control_requests(labels: np.ndarray, groups: dict[str, dict[str, Any]], columns: dict[str, np.ndarray],
+                      per_value: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, slice]]:
+    """Label vectors asking for each value of each group `per_value` times, and each group's rows.
+
+    Every request starts from a real training label vector, so the attributes not under test
+    stay as typical as in the data. A single-choice group's value replaces the group's own; a
+    multi group's tag is asked for in `per_value` rows and asked to be absent in as many more,
+    so that drawing it always (or never) scores one half, not full marks.
+    """
+    blocks, rows, start = [], {}, 0
+    for name, group in groups.items():
+        for column in columns[name]:
+            for present in ((1, 0) if group["multi"] else (1,)):
+                block = labels[rng.integers(0, len(labels), per_value)].copy()
+                if not group["multi"]:
+                    block[:, columns[name]] = 0
+                block[:, column] = present
+                blocks.append(block)
+        count = sum(len(block) for block in blocks) - start
+        rows[name], start = slice(start, start + count), start + count
+    return np.concatenate(blocks), rows
+
+
+def _control(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: AttributeClassifier,
+             labels: np.ndarray) -> dict[str, float]:
+    """Control accuracy: the classifier reads back the attributes the avatars were asked to have."""
+    rng = _rng(seed, _CONTROL)
+    groups, vocabulary = classifier.groups, classifier.vocabulary
+    requests, rows = _control_requests(labels, groups, group_columns(groups, vocabulary), cfg.control_samples, rng)
+    images = model.render(model.latents(_seeds(rng, len(requests))),
+                          [_tags(v, vocabulary) for v in requests], cfg.truncation, cfg.batch_size)
+    predictions = classify(classifier, images, cfg.batch_size)
+    scores = {}
+    for name, part in rows.items():
+        score = control_accuracy({name: predictions[name][part]}, requests[part], {name: groups[name]},
+                                 vocabulary)["groups"][name]
+        if score is not None:
+            scores[f"control_accuracy.{name}"] = score
+    out = {"control_accuracy": float(np.mean(list(scores.values())))} if scores else {}
+    return {**out, **scores, "n_control": len(requests)}
+
+
+def _pictures(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: AttributeClassifier,
+              labels: np.ndarray, fake: np.ndarray, out: Path) -> None:
+    rng = _rng(seed, _PICTURES)
+    vocabulary = classifier.vocabulary
+    real_tags = [_tags(labels[i], vocabulary) for i in rng.integers(0, len(labels), INTERPOLATION_ROWS + 1)]
+    # An unconditional model would read a real label set as a pile of latent edits: sweep from none.
+    base = real_tags[0] if model.conditional else []
+    seeds = _seeds(rng, 1 + cfg.grid_columns * SHEET_ROWS + 2 * INTERPOLATION_ROWS)
+    text = {"generator_step": str(model.meta.get("step", "")), "truncation": str(cfg.truncation), "seed": str(seed)}
+    pictures = {"samples.png": sample_sheet(fake, cfg.grid_columns)}
+    pictures["sweep.png"] = attribute_sweep(model, classifier.groups, base, seeds[0], cfg.truncation,
+                                            seeds[1:1 + cfg.grid_columns * SHEET_ROWS], cfg.grid_columns)
+    pair_seeds = seeds[-2 * INTERPOLATION_ROWS:]
+    pairs = list(zip(pair_seeds[0::2], pair_seeds[1::2]))
+    strip_tags = real_tags[1:] if model.conditional else [[]] * INTERPOLATION_ROWS
+    pictures["interpolation.png"] = interpolation_strips(model, pairs, cfg.interpolation_steps, strip_tags,
+                                                         cfg.truncation)
+    for name, picture in pictures.items():
+        atomic_write(out / name, png_bytes(picture, text))
+
+
+def _fd(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance of feature sets (N, D), (M, D), quiet about singular covariances.
+
+    With fewer val images than feature dimensions the real covariance is singular; the
+    metric handles that as the reference FID code does, so scipy's warning only alarms.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return fd_from_features(real, fake)
+
+
+def _precision_recall(real: np.ndarray, fake: np.ndarray, k: int, rng: np.random.Generator,
+                      max_subsets: int = 20) -> tuple[float, float]:
+    """Improved precision/recall of equal-size sets, averaged over disjoint subsets of the larger.
+
+    k-NN radii shrink as a set grows, so 1000 fakes against 45 val images would inflate
+    precision (wide real balls) and deflate recall (tight fake balls) by sample size alone;
+    the metric is defined for sets of one size.
+    """
+    size = min(len(real), len(fake))
+    larger, is_fake = (fake, True) if len(fake) > size else (real, False)
+    order = rng.permutation(len(larger))
+    scores = []
+    for start in range(0, min(len(larger) - size, (max_subsets - 1) * size) + 1, size):
+        part = larger[order[start:start + size]]
+        scores.append(precision_recall(real, part, k) if is_fake else precision_recall(part, fake, k))
+    precision, recall = np.mean(scores, axis=0)
+    return float(precision), float(recall)
+
+
+def _rounded(metrics: dict[str, float]) -> dict[str, float | int]:
+    """Finite numbers at 6 significant digits (counts stay ints): a stable, readable metrics.json."""
+    rounded: dict[str, float | int] = {}
+    for name, value in metrics.items():
+        if isinstance(value, (int, np.integer)):
+            rounded[name] = int(value)
+        elif value is not None and math.isfinite(float(value)):
+            rounded[name] = float(f"{float(value):.6g}")
+    return rounded
+
+
+def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, classifier: Path,
+             out: Path) -> dict[str, float | int]:
+    """Score generator.pt against the val split of `prepared`; write out/metrics.json and pictures.
+
+    metrics.json is a flat {name: number}: fd, kid, kid_std, precision, recall (classifier
+    features, val images as the real set; precision/recall on equal-size subsets),
+    control_accuracy[.group] (conditional models), classifier_accuracy[.group] (the feature
+    classifier's own held-out accuracy: a ceiling for control accuracy), fid (only with
+    evaluate.inception_weights), n_real, n_fake, n_control, generator_step, generator_kimg. Pictures: samples.png, sweep.png, interpolation.png.
+    """
+    train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
+    # Edit directions for an unconditional model: where `moepipe directions` writes them.
+    model = AvatarModel.load(generator, Path(generator).with_name("directions.npz"))
+    net, report = load_classifier(classifier)
+    _check_inputs(cfg, prepared, generator, classifier, train, val, model, net, report)
+    # Loaded first: a wrong weights file should fail before minutes of work, not after.
+    inception = load_fid_inception(Path(cfg.inception_weights).expanduser()) if cfg.inception_weights else None
+    labels = np.asarray(train.labels)
+    real = np.asarray(val.images)
+    metrics: dict[str, Any] = {}
+    phases = ["samples", "features"] + (["control"] if model.conditional else []) \
+        + (["fid"] if inception is not None else []) + ["pictures"]
+    with progress_bar() as progress:
+        task = progress.add_task("evaluate", total=len(phases), status=phases[0])
+
+        def advance(done: str) -> None:
+            following = phases[phases.index(done) + 1:]
+            progress.update(task, advance=1, status=following[0] if following else "")
+
+        rng = _rng(seed, _SAMPLES)
+        seeds = _seeds(rng, cfg.samples)
+        # A conditional model is asked for label sets drawn from the training data, so the mix of
+        # attributes in the scored samples matches the real one.
+        requested = [_tags(labels[i], train.vocabulary) for i in rng.integers(0, len(labels), cfg.samples)] \
+            if model.conditional else None
+        fake = model.render(model.latents(seeds), requested, cfg.truncation, cfg.batch_size)
+        advance("samples")
+
+        real_features, fake_features = extract(net, real, cfg.batch_size), extract(net, fake, cfg.batch_size)
+        metrics["fd"] = _fd(real_features, fake_features)
+        metrics["kid"], metrics["kid_std"] = kid(real_features, fake_features, cfg.kid_subsets,
+                                                 cfg.kid_subset_size, seed=int(_rng(seed, _KID).integers(2**31)))
+        metrics["precision"], metrics["recall"] = _precision_recall(real_features, fake_features, cfg.pr_k,
+                                                                    _rng(seed, _PRECISION))
+        advance("features")
+
+        if model.conditional:
+            metrics.update(_control(cfg, seed, model, net, labels))
+            advance("control")
+        if report.get("overall") is not None:
+            metrics["classifier_accuracy"] = report["overall"]
+        for name, value in report.get("accuracy", {}).items():
+            metrics[f"classifier_accuracy.{name}"] = value
+        if inception is not None:
+            metrics["fid"] = _fd(inception_features(inception, real, cfg.batch_size),
+                                 inception_features(inception, fake, cfg.batch_size))
+            advance("fid")
+
+        metrics.update(n_real=len(real), n_fake=len(fake), generator_step=int(model.meta.get("step", 0)),
+                       generator_kimg=float(model.meta.get("kimg", 0.0)))
+        out.mkdir(parents=True, exist_ok=True)
+        _pictures(cfg, seed, model, net, labels, fake, out)
+        advance("pictures")
+    metrics = _rounded(metrics)
+    _write_json(out / "metrics.json", metrics)
+    return metrics

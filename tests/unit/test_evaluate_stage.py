@@ -1,0 +1,170 @@
+"""The classifier and evaluate stages on a tiny real data set and tiny trained generators."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moepipe.config import EvaluateConfig, TrainConfig
+from moepipe.data import PackedSet
+from moepipe.errors import UserError
+from moepipe.evaluate.features import load_classifier
+from moepipe.evaluate.stage import classifier_stage, evaluate, report_path
+from moepipe.train.loop import train
+
+TINY_GAN = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu", precision="fp32",
+                checkpoint_every=1000, log_every=1000, sample_every=1000)
+CFG = EvaluateConfig(samples=32, control_samples=2, kid_subsets=10, grid_columns=4, interpolation_steps=5,
+                     classifier={"epochs": 6, "batch_size": 8})
+TILE = 16 + 2  # prepared16 tiles plus grid's 2 px gap
+TRAINED_STEPS = 600  # enough for a 16 px DCGAN to leave noise behind (FD in trials: 2-6x below 1 step)
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def models(prepared16: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A classifier and three generators: trained, untrained (1 step), unconditional (3 steps)."""
+    root = tmp_path_factory.mktemp("evaluate-models")
+    for name, extra in (("trained", {"steps": TRAINED_STEPS}), ("untrained", {"steps": 1}),
+                        ("unconditional", {"steps": 3, "conditional": False})):
+        train(TrainConfig(**TINY_GAN, **extra), 0, prepared16, root / name, echo=_quiet)
+    classifier_stage(CFG, 0, prepared16, root / "classifier.pt")
+    return {"classifier": root / "classifier.pt", **{n: root / n / "generator.pt"
+                                                     for n in ("trained", "untrained", "unconditional")}}
+
+
+@pytest.fixture(scope="module")
+def scored(prepared16: Path, models, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("evaluate") / "out"
+    return out, evaluate(CFG, 0, prepared16, models["trained"], models["classifier"], out)
+
+
+def test_classifier_stage_saves_a_loadable_classifier_and_its_report(prepared16: Path, models) -> None:
+    classifier, report = load_classifier(models["classifier"])
+    groups = PackedSet(prepared16, "train").meta["groups"]
+    assert set(classifier.groups) == set(report["accuracy"]) == set(groups)
+    assert all(value is None or 0 <= value <= 1 for value in report["accuracy"].values())
+    assert report["epochs"] == 6 and report["val_images"] == len(PackedSet(prepared16, "val"))
+    assert json.loads(report_path(models["classifier"]).read_text()) == report
+
+
+def test_metrics_json_is_a_flat_mapping_of_finite_numbers(prepared16: Path, scored) -> None:
+    out, metrics = scored
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    groups = PackedSet(prepared16, "train").meta["groups"]
+    expected = {"fd", "kid", "kid_std", "precision", "recall", "control_accuracy", "classifier_accuracy",
+                "n_real", "n_fake", "n_control", "generator_step", "generator_kimg"}
+    expected |= {f"control_accuracy.{g}" for g in groups} | {f"classifier_accuracy.{g}" for g in groups}
+    assert set(metrics) == expected  # no fid without inception weights
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values())
+    assert metrics["n_real"] == len(PackedSet(prepared16, "val")) and metrics["n_fake"] == CFG.samples
+    # each value asked for; each tag of a multi group also asked to be absent
+    assert metrics["n_control"] == CFG.control_samples * sum(len(g["tags"]) * (1 + g["multi"]) for g in groups.values())
+    assert (metrics["generator_step"], metrics["generator_kimg"]) == (TRAINED_STEPS, TRAINED_STEPS * 8 / 1000)
+    assert metrics["fd"] >= 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
+    assert all(0 <= metrics[f"control_accuracy.{g}"] <= 1 for g in groups)
+
+
+def test_pictures_have_the_documented_layout(prepared16: Path, scored) -> None:
+    out, _ = scored
+    groups = PackedSet(prepared16, "train").meta["groups"]
+    widest = max(len(g["tags"]) for g in groups.values())
+    with Image.open(out / "samples.png") as samples, Image.open(out / "sweep.png") as sweep, \
+            Image.open(out / "interpolation.png") as strips:
+        assert samples.size == (4 * TILE - 2, 4 * TILE - 2)  # grid_columns 4, four rows
+        assert sweep.size == (150 + widest * TILE - 2, len(groups) * TILE - 2)  # captions, a row per group
+        assert strips.size == (5 * TILE - 2, 4 * TILE - 2)  # interpolation_steps 5, four seed pairs
+        assert sweep.text["generator_step"] == str(TRAINED_STEPS)
+        # One seed along a row, different attribute values: the first two hair colours differ.
+        row = np.asarray(sweep.convert("RGB"))[:16, 150:150 + 2 * TILE]
+        assert not np.array_equal(row[:, :16], row[:, TILE:TILE + 16])
+
+
+def test_evaluation_is_deterministic_for_a_seed(prepared16: Path, models, scored, tmp_path: Path) -> None:
+    out, metrics = scored
+    assert evaluate(CFG, 0, prepared16, models["trained"], models["classifier"], tmp_path) == metrics
+    for picture in ("samples.png", "sweep.png", "interpolation.png"):
+        assert (tmp_path / picture).read_bytes() == (out / picture).read_bytes()
+    other = evaluate(CFG, 1, prepared16, models["trained"], models["classifier"], tmp_path / "seed1")
+    assert other["fd"] != metrics["fd"]
+
+
+def test_an_untrained_generator_scores_worse(prepared16: Path, models, scored, tmp_path: Path) -> None:
+    _, trained = scored
+    untrained = evaluate(CFG, 0, prepared16, models["untrained"], models["classifier"], tmp_path)
+    assert untrained["fd"] > 1.5 * trained["fd"]
+    assert untrained["kid"] > trained["kid"]
+
+
+def test_unconditional_model_has_no_control_and_a_seed_grid_sweep(prepared16: Path, models, tmp_path: Path) -> None:
+    metrics = evaluate(CFG, 0, prepared16, models["unconditional"], models["classifier"], tmp_path)
+    assert not any(key.startswith("control_accuracy") or key == "n_control" for key in metrics)
+    assert {"fd", "kid", "precision", "recall", "classifier_accuracy"} <= set(metrics)
+    with Image.open(tmp_path / "sweep.png") as sweep:
+        assert sweep.size == (4 * TILE - 2, 4 * TILE - 2)  # no attributes to sweep: 4 x 4 seeds
+
+
+def test_fid_only_with_inception_weights(prepared16: Path, models, tmp_path: Path) -> None:
+    from moepipe.evaluate.inception import FIDInceptionV3
+
+    missing = CFG.model_copy(update={"inception_weights": str(tmp_path / "absent.pth")})
+    with pytest.raises(UserError, match="not found at .*absent.pth"):
+        evaluate(missing, 0, prepared16, models["trained"], models["classifier"], tmp_path / "none")
+    assert not (tmp_path / "none").exists()  # checked before any work
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), tmp_path / "inception.pth")
+    cfg = CFG.model_copy(update={"inception_weights": str(tmp_path / "inception.pth"), "samples": 16})
+    metrics = evaluate(cfg, 0, prepared16, models["trained"], models["classifier"], tmp_path / "out")
+    assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
+
+
+def _copy_prepared(source: Path, target: Path, images=None, labels=None, resolution=None) -> Path:
+    shutil.copytree(source, target)
+    if images is not None:
+        np.save(target / "train_images.npy", images)
+        np.save(target / "train_labels.npy", labels)
+    if resolution is not None:
+        meta = json.loads((target / "meta.json").read_text())
+        (target / "meta.json").write_text(json.dumps({**meta, "resolution": resolution}))
+    return target
+
+
+def test_inputs_that_do_not_belong_together_are_user_errors(prepared16: Path, models, tmp_path: Path) -> None:
+    data = PackedSet(prepared16, "train")
+    fewer = _copy_prepared(prepared16, tmp_path / "fewer", np.asarray(data.images)[:-1], np.asarray(data.labels)[:-1])
+    with pytest.raises(UserError, match="classifier.pt was trained on other data than .*fewer; re-run"):
+        evaluate(CFG, 0, fewer, models["trained"], models["classifier"], tmp_path / "a")
+    val = np.asarray(PackedSet(prepared16, "val").images)
+    small = _copy_prepared(prepared16, tmp_path / "small", np.asarray(data.images)[:, ::2, ::2],
+                           np.asarray(data.labels), resolution=8)
+    np.save(small / "val_images.npy", val[:, ::2, ::2])
+    with pytest.raises(UserError, match="draws 16 px avatars but .*small holds 8 px images"):
+        evaluate(CFG, 0, small, models["trained"], models["classifier"], tmp_path / "b")
+    (tmp_path / "junk.pt").write_bytes(b"not a generator")
+    with pytest.raises(UserError, match="junk.pt: cannot read the generator"):
+        evaluate(CFG, 0, prepared16, tmp_path / "junk.pt", models["classifier"], tmp_path / "c")
+    with pytest.raises(UserError, match="no feature classifier at"):
+        evaluate(CFG, 0, prepared16, models["trained"], tmp_path / "absent.pt", tmp_path / "d")
+    assert not any((tmp_path / name).exists() for name in "abcd")
+
+
+def test_precision_recall_compares_sets_of_one_size() -> None:
+    from moepipe.evaluate.metrics import precision_recall
+    from moepipe.evaluate.stage import _precision_recall
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(45, 256)), rng.normal(size=(1000, 256))  # one distribution
+    _, unequal_recall = precision_recall(real, fake, 3)
+    precision, recall = _precision_recall(real, fake, 3, np.random.default_rng(0))
+    # 1000 fakes have tight k-NN balls that miss reals by sample size alone; equal sizes do not.
+    assert recall > unequal_recall + 0.1 and abs(precision - recall) < 0.1
