@@ -9,11 +9,15 @@ Conditional generators take attributes as label vectors. Unconditional ones take
 edits (InterFaceGAN): each tag has a unit normal n and offset b of a linear boundary in z space,
 and asking for the tag moves z along n until its signed distance n.z + b reaches
 ``edit_distance`` (z that is already that far on the tag's side stays where it is).
+`moepipe.edits` learns the boundaries. DCGAN truncation scales z toward the prior's mode
+before the edit, so an edited avatar still lands at the edit distance whatever psi is;
+StyleGAN truncation acts later, in w, and pulls edits toward the average face as well.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -62,6 +66,10 @@ class AvatarModel:
     def __init__(self, generator: torch.nn.Module, meta: Mapping[str, Any],
                  directions: Directions | None = None) -> None:
         self.generator = generator.eval()
+        if not hasattr(generator, "synthesis"):
+            # DCGAN's transposed convs run ~1.3x faster channels-last on CPU (oneDNN); pixels
+            # match the contiguous layout but for a rare ±1 rounding (4e-6 of values measured).
+            self.generator = generator.to(memory_format=torch.channels_last)
         self.meta = {k: v for k, v in meta.items() if k != "state_dict"}
         self.directions = directions if not self.conditional else None
         self.device = next(generator.parameters()).device
@@ -74,7 +82,12 @@ class AvatarModel:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such generator file")
-        generator, meta = load_generator(path, device)
+        try:
+            generator, meta = load_generator(path, device)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - truncated, foreign or corrupt: the same user problem
+            raise UserError(f"{path}: cannot read the generator ({error.__class__.__name__})") from None
         found = Directions.load(directions) if directions is not None and Path(directions).is_file() else None
         return cls(generator, meta, found)
 
@@ -154,26 +167,28 @@ class AvatarModel:
                 z[row] += torch.clamp(distance - (z[row] @ n + b), min=0.0) * n
         return z
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def render(self, z: torch.Tensor, attributes: Sequence[Sequence[str]] | None = None,
                truncation: float | Sequence[float] = 1.0, batch_size: int = 64) -> np.ndarray:
         """z (N, z_dim), one tag list per row -> (N, R, R, 3) uint8 RGB."""
         n = z.shape[0]
         attributes = list(attributes) if attributes is not None else [[] for _ in range(n)]
         psi = torch.as_tensor(truncation, dtype=torch.float32).expand(n).clone() if n else torch.zeros(0)
+        stylegan = hasattr(self.generator, "synthesis")
+        if not stylegan:  # DCGAN has no w_avg: psi scales z toward the prior's mode, before edits
+            z = z * psi.reshape(-1, 1)
         if not self.conditional:
             z = self.edit(z, attributes)
         labels = self.label_vectors(attributes) if self.conditional else None
         out = np.zeros((n, self.resolution, self.resolution, 3), np.uint8)
-        stylegan = hasattr(self.generator, "synthesis")
         for start in range(0, n, batch_size):
             part = slice(start, start + batch_size)
             zb, pb = z[part].to(self.device), psi[part].to(self.device)
             lb = labels[part].to(self.device) if labels is not None else None
             if stylegan:
                 images = self.generator(zb, lb, truncation_psi=pb, noise_mode="const")
-            else:  # DCGAN has no w_avg: psi scales z toward the prior's mode
-                images = self.generator(zb * pb.reshape(-1, 1), lb)
+            else:
+                images = self.generator(zb, lb)
             out[part] = to_uint8(images)
         return out
 
@@ -198,7 +213,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     if omega.abs() < 1e-6:
         return a.lerp(b, t[:, None]) if t.ndim else a.lerp(b, t)
     t = t[:, None]
-    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    path = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+    # Exact ends: a strip's first and last avatars are the seeds' own, not off by a rounding.
+    return torch.where(t == 0, a, torch.where(t == 1, b, path))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -231,3 +248,104 @@ def png_bytes(image: np.ndarray | Image.Image, text: Mapping[str, str] | None = 
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+# -- the `moepipe generate` command ------------------------------------------------------------
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://; not a drive letter
+
+
+def is_model_uri(model: str) -> bool:
+    """Whether `moepipe generate --model` names an MLflow model rather than a file."""
+    return bool(_URI.match(model))
+
+
+def open_avatars(model: str, directions: Path | None = None, tracking_uri: str | None = None) -> AvatarModel:
+    """generator.pt, an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) or folder.
+
+    A path's edit directions default to directions.npz beside it; an MLflow model brings its own.
+    `directions`, if given, must exist and replaces them (unconditional models only).
+    """
+    if directions is not None and not Path(directions).is_file():
+        raise UserError(f"{directions}: no such directions file")
+    if not is_model_uri(model) and not (Path(model) / "MLmodel").is_file():
+        path = Path(model)
+        beside = path.with_name("directions.npz")
+        return AvatarModel.load(path, directions if directions is not None else beside)
+    avatars = _load_logged_model(model, tracking_uri)  # a URI, or a saved MLflow model folder
+    if directions is not None and not avatars.conditional:
+        avatars.directions = Directions.load(directions)
+    return avatars
+
+
+def _load_logged_model(uri: str, tracking_uri: str | None) -> AvatarModel:
+    import logging
+
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError:
+        raise UserError(f"{uri}: loading MLflow models needs the mlflow package") from None
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # database setup chatter, unless -v
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if tracking_uri and tracking_uri != mlflow.get_tracking_uri():  # a global: leave it alone if it agrees
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        python_model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    except (MlflowException, OSError, ImportError, ValueError) as error:
+        text = getattr(error, "message", None) or str(error) or error.__class__.__name__
+        raise UserError(f"{uri}: {text.strip().splitlines()[0]}") from None
+    avatars = getattr(python_model, "avatars", None)
+    if not isinstance(avatars, AvatarModel):
+        raise UserError(f"{uri}: not a moepipe generator model")
+    return avatars
+
+
+def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, singles: Path | None = None,
+                   n: int = 16, seed: int = 0, attributes: str | None = None, truncation: float = 1.0,
+                   columns: int = 8, interpolate_to: int | None = None, steps: int = 8) -> str:
+    """Draw avatars seed, seed+1, ... (or an interpolation strip seed → interpolate_to) as PNGs.
+
+    `out` gets one picture (grid or strip), `singles` one PNG per avatar; every PNG carries
+    tEXt model, seed, attributes and truncation. Returns a one-line summary.
+    """
+    if n < 1:
+        raise UserError(f"--n must be at least 1 (got {n})")
+    if columns < 1:
+        raise UserError(f"--columns must be at least 1 (got {columns})")
+    if steps < 2:
+        raise UserError(f"--steps must be at least 2 (got {steps})")
+    if not 0 <= truncation <= 2:  # the range the served model accepts (moepipe/pyfunc.py)
+        raise UserError(f"--truncation must be in [0, 2] (got {truncation:g})")
+    tags = avatars.parse_attributes(attributes)
+    if out is None and singles is None:
+        out = Path("avatars.png")
+    text = {"model": model, "attributes": ",".join(tags), "truncation": f"{truncation:g}", "software": "moepipe"}
+    if interpolate_to is None:
+        seeds = [seed + i for i in range(n)]
+        images = avatars.draw(seeds, tags, truncation)
+        whole = {**text, "seed": f"{seeds[0]}..{seeds[-1]}" if n > 1 else str(seed),
+                 "comment": f"avatar i (row by row, {min(columns, n)} columns) has seed {seed} + i"}
+        frames = [({**text, "seed": str(s)}, f"avatar_{s:06d}.png") for s in seeds]
+        layout, what = min(columns, n), f"{n} avatar(s), seeds {whole['seed']}"
+    else:
+        images = avatars.interpolate(seed, interpolate_to, steps, tags, truncation)
+        whole = {**text, "seed": str(seed), "seed_b": str(interpolate_to), "steps": str(steps)}
+        frames = [({**text, "seed": str(seed), "seed_b": str(interpolate_to), "t": f"{i / (steps - 1):.4g}"},
+                   f"interpolation_{seed}_{interpolate_to}_{i:03d}.png") for i in range(steps)]
+        layout, what = steps, f"interpolation {seed} → {interpolate_to} in {steps} steps"
+    from moepipe.images import atomic_write
+
+    written = []
+    try:
+        if out is not None:
+            atomic_write(Path(out), png_bytes(grid(images, layout), whole))
+            written.append(str(out))
+        if singles is not None:
+            for image, (meta, name) in zip(images, frames):
+                atomic_write(Path(singles) / name, png_bytes(image, meta))
+            written.append(f"{len(frames)} file(s) in {singles}")
+    except OSError as error:
+        raise UserError(f"{error.filename or out or singles}: cannot write ({error.strerror or error})") from None
+    shown = f" with {', '.join(tags)}" if tags else ""
+    return f"generate: {what}{shown} at truncation {truncation:g} → {'; '.join(written)}"
