@@ -163,6 +163,180 @@ def train(
     _run(action, params)
 
 
+@app.command()
+def directions(
+    params: ParamsOption = Path("params.yaml"),
+    model: Annotated[Path, typer.Option(help="generator.pt from `moepipe train`")] = Path("models/generator.pt"),
+    classifier: Annotated[Path, typer.Option(help="attribute classifier that labels the samples")] = Path(
+        "models/classifier.pt"),
+    out: Annotated[Path, typer.Option(help="edit directions file (.npz)")] = Path("models/directions.npz"),
+    samples: Annotated[int, typer.Option(help="generated avatars to fit the boundaries on")] = 2000,
+) -> None:
+    """Learn attribute-edit directions in z space for an unconditional generator (InterFaceGAN).
+
+    A conditional generator takes attributes as labels; it gets a file with no directions.
+    """
+    def action(p: Params) -> str:
+        from moepipe.edits import directions_stage
+
+        return str(directions_stage(model, classifier, out, samples, p.seed))
+
+    _run(action, params)
+
+
+@app.command()
+def generate(
+    model: Annotated[str, typer.Option(
+        help="generator.pt, or an MLflow model URI: models:/moe-generator@champion, models:/NAME/VERSION, "
+             "runs:/RUN_ID/PATH")] = "models/generator.pt",
+    directions: Annotated[Path | None, typer.Option(
+        help="edit directions for an unconditional model (default: directions.npz beside a generator.pt)")] = None,
+    attributes: Annotated[str, typer.Option(help="comma-separated tags, e.g. blue_hair,smile")] = "",
+    n: Annotated[int, typer.Option("--n", "-n", help="avatars to draw; avatar i uses seed SEED + i")] = 16,
+    seed: Annotated[int, typer.Option(help="seed of the first avatar")] = 0,
+    truncation: Annotated[float, typer.Option(help="psi: 1 = full variety, toward 0 = more typical")] = 1.0,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write the grid (or strip) to (default: avatars.png, unless --singles is given)")] = None,
+    columns: Annotated[int, typer.Option(help="avatars per grid row")] = 8,
+    singles: Annotated[Path | None, typer.Option(help="also write one PNG per avatar into this folder")] = None,
+    interpolate: Annotated[int | None, typer.Option(
+        help="draw an interpolation strip from SEED to this seed instead of a grid", metavar="SEED_B")] = None,
+    steps: Annotated[int, typer.Option(help="avatars in the interpolation strip")] = 8,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Draw avatars with chosen attributes from a generator file or a registered MLflow model.
+
+    Every PNG carries tEXt metadata: model, seed, attributes, truncation.
+    MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
+    """
+    try:
+        from moepipe.generate import is_model_uri, open_avatars, write_pictures
+
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if is_model_uri(model) and not tracking_uri:
+            tracking_uri = (load_params(params) if Path(params).is_file() else Params()).registry.tracking_uri
+        avatars = open_avatars(model, directions, tracking_uri)
+        summary = write_pictures(avatars, model, out=out, singles=singles, n=n, seed=seed, attributes=attributes,
+                                 truncation=truncation, columns=columns, interpolate_to=interpolate, steps=steps)
+    except UserError as error:
+        _fail(str(error))
+    typer.echo(summary)
+
+
+@app.command("classifier")
+def classifier_command(
+    params: ParamsOption = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="prepared folder from `moepipe preprocess`")] = Path("data/prepared"),
+    out: Annotated[Path, typer.Option(help="classifier file to write; its JSON report goes beside it")] = Path(
+        "models/classifier.pt"),
+    reports: Annotated[Path | None, typer.Option(
+        help="also copy the report here as classifier.json, for `dvc metrics`")] = None,
+) -> None:
+    """Train the attribute classifier whose features score generators in `moepipe evaluate`.
+
+    Trains on the train split of PREPARED (evaluate.classifier params) and reports held-out
+    accuracy per attribute group on the val split, next to always guessing the commonest value.
+    """
+    def action(p: Params) -> str:
+        _require_dir(prepared, "prepared data")
+        import shutil
+
+        from moepipe.evaluate.stage import classifier_stage, report_path
+
+        report = classifier_stage(p.evaluate, p.seed, prepared, out)
+        if reports is not None:
+            reports.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report_path(out), reports / "classifier.json")
+        scored = {k: v for k, v in report["accuracy"].items() if v is not None}
+        baseline = [v for k, v in report["baseline"].items() if k in scored and v is not None]
+        overall = "n/a (empty val split)" if report["overall"] is None else (
+            f"{report['overall']:.2f} (commonest value {sum(baseline) / max(1, len(baseline)):.2f})")
+        groups = ", ".join(f"{name} {value:.2f}" for name, value in scored.items())
+        return (f"classifier: held-out accuracy {overall}{'; ' + groups if groups else ''}; "
+                f"{report['epochs']} epochs in {report['train_seconds']:.0f} s → {out}")
+
+    _run(action, params)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    params: ParamsOption = Path("params.yaml"),
+    prepared: Annotated[Path, typer.Option(help="prepared folder; its val split is the real set")] = Path(
+        "data/prepared"),
+    model: Annotated[Path, typer.Option(help="generator.pt from `moepipe train`")] = Path("models/generator.pt"),
+    classifier: Annotated[Path, typer.Option(help="attribute classifier from `moepipe classifier`")] = Path(
+        "models/classifier.pt"),
+    out: Annotated[Path, typer.Option(help="folder for metrics.json and the pictures")] = Path("reports/evaluate"),
+) -> None:
+    """Score a generator against the held-out real images; write metrics.json and pictures to OUT.
+
+    In the attribute classifier's feature space: Fréchet distance (fd), KID, precision/recall;
+    for conditional models, control accuracy (does the avatar show the attributes asked for?).
+    Standard FID too when evaluate.inception_weights names a local Inception weights file.
+    Pictures: samples.png, sweep.png (one row per attribute group), interpolation.png.
+    """
+    def action(p: Params) -> str:
+        _require_dir(prepared, "prepared data")
+        from moepipe.evaluate.stage import evaluate as run_evaluate
+
+        metrics = run_evaluate(p.evaluate, p.seed, prepared, model, classifier, out)
+        parts = [f"fd {metrics['fd']:.4g}", f"kid {metrics['kid']:.3g}", f"precision {metrics['precision']:.2f}",
+                 f"recall {metrics['recall']:.2f}"]
+        if "control_accuracy" in metrics:
+            parts.append(f"control {metrics['control_accuracy']:.2f}")
+        if "fid" in metrics:
+            parts.append(f"fid {metrics['fid']:.4g}")
+        return f"evaluate: {', '.join(parts)} ({metrics['n_fake']} fakes vs {metrics['n_real']} val images) → {out}"
+
+    _run(action, params)
+
+
+@app.command("register")
+def register_command(
+    params: ParamsOption = Path("params.yaml"),
+    model: Annotated[Path, typer.Option(help="generator.pt from `moepipe train`")] = Path("models/generator.pt"),
+    metrics: Annotated[Path, typer.Option(help="metrics.json from `moepipe evaluate`")] = Path(
+        "reports/evaluate/metrics.json"),
+    evaluate_dir: Annotated[Path, typer.Option(help="evaluation pictures (*.png) to log")] = Path("reports/evaluate"),
+    train_reports: Annotated[Path, typer.Option(help="training curves (metrics.csv) and samples/")] = Path(
+        "reports/train"),
+    classifier: Annotated[Path, typer.Option(help="attribute classifier to ship with the model, if it exists")] = Path(
+        "models/classifier.pt"),
+    directions: Annotated[Path, typer.Option(help="attribute edit directions to ship, if they exist")] = Path(
+        "models/directions.npz"),
+    report: Annotated[Path, typer.Option(help="the decision, as JSON")] = Path("reports/register.json"),
+) -> None:
+    """Log the generator to MLflow as a version of register.model_name and decide its alias.
+
+    The version becomes `champion` if it passes register.gates and beats the current champion's
+    register.primary_metric by more than register.min_improvement; else `challenger`. Registering
+    the same generator.pt again only re-checks that decision. Tracking store: $MLFLOW_TRACKING_URI,
+    else register.tracking_uri (default: sqlite:///mlflow.db with artifacts in mlartifacts/).
+    """
+    def action(p: Params) -> str:
+        # Fail within seconds, not minutes of retries, when a tracking server is down; and keep
+        # MLflow's INFO lines and progress bars for --verbose.
+        verbose = logging.getLogger().level <= logging.DEBUG
+        for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+                            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                            ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower()),
+                            ("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")):
+            os.environ.setdefault(name, value)
+        import mlflow  # noqa: F401 - configures its loggers on first import
+
+        from moepipe.registry import register, summary_line
+
+        logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
+        result = register(
+            p.registry, os.environ.get("MLFLOW_TRACKING_URI") or p.registry.tracking_uri, generator=model,
+            metrics_json=metrics, evaluate_dir=evaluate_dir, train_reports=train_reports,
+            classifier=classifier if classifier.is_file() else None,
+            directions=directions if directions.is_file() else None, params=p, out_report=report)
+        return summary_line(result)
+
+    _run(action, params)
+
+
 @app.command("check-params")
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml and exit; prints nothing but errors."""

@@ -46,3 +46,40 @@ def test_help_explains_every_stage(tmp_path):
     assert result.returncode == 0
     for stage in ("scrape", "curate", "preprocess"):
         assert stage in result.stdout
+
+
+@pytest.mark.parametrize("stage", ["classifier", "evaluate"])
+def test_evaluation_stages_name_a_missing_prepared_folder(tmp_path, stage):
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    result = moepipe(stage, "--prepared", "missing", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "moepipe: error: prepared data folder not found: missing"
+
+
+def test_classifier_and_evaluate_summaries_and_bad_model_files(tmp_path, prepared16):
+    from moepipe.config import TrainConfig
+    from moepipe.train.loop import train
+
+    train(TrainConfig(width=8, z_dim=16, batch_size=8, steps=2, threads=1, device="cpu", precision="fp32"),
+          0, prepared16, tmp_path / "models", echo=lambda line: None)
+    (tmp_path / "params.yaml").write_text("seed: 0\nevaluate: {samples: 16, control_samples: 1, kid_subsets: 5, "
+                                          "classifier: {epochs: 1, batch_size: 8}}\n")
+    made = moepipe("classifier", "--prepared", str(prepared16), "--out", "models/classifier.pt", "--reports",
+                   "reports", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("classifier: held-out accuracy ") and made.stdout.count("\n") == 1
+    assert made.stdout.strip().endswith("→ models/classifier.pt")
+    assert (tmp_path / "reports" / "classifier.json").is_file()
+    scored = moepipe("evaluate", "--prepared", str(prepared16), "--out", "reports/evaluate", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert scored.stdout.startswith("evaluate: fd ") and ", control " in scored.stdout
+    assert scored.stdout.strip().endswith("→ reports/evaluate") and scored.stdout.count("\n") == 1
+    assert (tmp_path / "reports" / "evaluate" / "metrics.json").is_file()
+
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    for option, message in (("--model", "nope.pt: no such generator file"),
+                            ("--classifier", "junk.pt: cannot read the feature classifier")):
+        result = moepipe("evaluate", "--prepared", str(prepared16), option,
+                         "nope.pt" if option == "--model" else "junk.pt", cwd=tmp_path)
+        assert result.returncode == 1
+        assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith(f"moepipe: error: {message}")

@@ -1,0 +1,159 @@
+"""The MLflow pyfunc model: rows of (seed, attributes, truncation) -> base64 PNG avatars.
+
+Input rows: `seed` (long), `attributes` (comma-separated vocabulary tags, may be empty or
+missing), `truncation` (double psi in [0, 2], missing = 1.0). Output: a DataFrame with one
+column `image`, each cell a base64-encoded PNG whose tEXt chunks name the registered model and
+version, the seed, the attributes and the truncation.
+
+The registered version number reaches the PNGs honestly: the registry step creates the model
+version *before* it writes the model's files (the version's source is a pending MLflow
+LoggedModel, which is filled in afterwards), so the version is known when the MLmodel file is
+written and travels in `model_config` (see moepipe/registry.py).
+
+The model carries its own copy of the moepipe package (`code_paths`): a registered version keeps
+the code that made it, so `mlflow models serve -m models:/moe-generator@champion --env-manager
+local` works wherever torch and mlflow are installed, and old versions stay loadable after the
+network code changes. In a process that already imported moepipe (tests, `moepipe generate`)
+Python keeps that import; the copy is only used by fresh processes such as the scoring server.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+from moepipe.errors import UserError
+from moepipe.generate import AvatarModel, png_bytes
+
+MAX_ROWS = 256  # avatars per request; a bigger batch is a client mistake, not a reason to OOM
+TRUNCATION_RANGE = (0.0, 2.0)
+# Third-party packages that moepipe's generator code imports (pinned to what logged the model).
+RUNTIME_PACKAGES = ["mlflow", "torch", "numpy", "pillow", "pandas", "pydantic", "pyyaml", "rich"]
+ARTIFACT_NAMES = {"generator": "generator.pt", "directions": "directions.npz", "classifier": "classifier.pt"}
+
+
+def signature() -> ModelSignature:
+    """seed long (required), attributes string, truncation double -> image string (base64 PNG)."""
+    inputs = Schema([
+        ColSpec("long", "seed"),
+        ColSpec("string", "attributes", required=False),
+        ColSpec("double", "truncation", required=False),
+    ])
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("string", "image")]))
+
+
+def input_example(avatars: AvatarModel) -> pd.DataFrame:
+    """Two rows a reader of the model page can copy: no attributes, and one known tag."""
+    tag = avatars.attributes[0] if avatars.attributes else ""
+    return pd.DataFrame({"seed": [0, 1], "attributes": ["", tag], "truncation": [1.0, 0.7]})
+
+
+def requirements() -> list[str]:
+    """pip pins of RUNTIME_PACKAGES as installed here (local version suffixes like +cpu dropped)."""
+    pins = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{package}=={metadata.version(package).split('+')[0]}")
+        except metadata.PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+def package_dir() -> Path:
+    """The moepipe package folder, logged as the model's code."""
+    return Path(__file__).resolve().parent
+
+
+def model_code() -> Path:
+    """The models-from-code file MLflow runs to build the model (no pickled Python objects)."""
+    return package_dir() / "pyfunc_model.py"
+
+
+class AvatarGenerator(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of AvatarModel; after load_context, `self.avatars` is the loaded AvatarModel."""
+
+    def load_context(self, context: Any) -> None:
+        registration = dict((context.model_config or {}).get("registration") or {})
+        self.model_name = str(registration.get("model_name", "unregistered"))
+        self.model_version = str(registration.get("model_version", "unknown"))
+        self.run_id = str(registration.get("run_id", ""))
+        self.generator_sha256 = str(registration.get("generator_sha256", ""))
+        artifacts = context.artifacts
+        self.avatars = AvatarModel.load(Path(artifacts["generator"]), directions=artifacts.get("directions"))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """DataFrame rows (seed, attributes, truncation) -> DataFrame column `image` (base64 PNG)."""
+        rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "seed" not in rows.columns:
+            raise MlflowException.invalid_parameter_value("missing column 'seed'")
+        if len(rows) > MAX_ROWS:
+            raise MlflowException.invalid_parameter_value(f"{len(rows)} rows; at most {MAX_ROWS} per request")
+        seeds = [_seed(value, i) for i, value in enumerate(rows["seed"])]
+        texts = list(rows["attributes"]) if "attributes" in rows.columns else [""] * len(rows)
+        psis = list(rows["truncation"]) if "truncation" in rows.columns else [1.0] * len(rows)
+        tags, truncations = [], []
+        for i, (text, psi) in enumerate(zip(texts, psis)):
+            try:
+                tags.append(self.avatars.parse_attributes(_text(text)))
+            except UserError as error:
+                raise MlflowException.invalid_parameter_value(f"row {i}: {error}") from None
+            truncations.append(_truncation(psi, i))
+        images = self.avatars.render(self.avatars.latents(seeds), tags, truncations) if seeds else []
+        encoded = [
+            base64.b64encode(png_bytes(image, self._png_text(seed, row_tags, psi))).decode("ascii")
+            for image, seed, row_tags, psi in zip(images, seeds, tags, truncations)
+        ]
+        return pd.DataFrame({"image": encoded})
+
+    def _png_text(self, seed: int, tags: list[str], truncation: float) -> dict[str, str]:
+        described = ", ".join(tags) if tags else "none"
+        return {
+            "Software": "moepipe",
+            "Description": f"{self.model_name} v{self.model_version}: seed {seed}, attributes {described}, "
+                           f"truncation {truncation:g}",
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "seed": str(seed),
+            "attributes": ",".join(tags),
+            "truncation": f"{truncation:g}",
+            "run_id": self.run_id,
+            "generator_sha256": self.generator_sha256,
+        }
+
+
+def _seed(value: Any, row: int) -> int:
+    try:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise MlflowException.invalid_parameter_value(f"row {row}: seed must be an integer (got {value!r})") from None
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _truncation(value: Any, row: int) -> float:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return 1.0
+    try:
+        psi = float(value)
+    except (TypeError, ValueError):
+        psi = math.nan
+    low, high = TRUNCATION_RANGE
+    if not low <= psi <= high:
+        raise MlflowException.invalid_parameter_value(
+            f"row {row}: truncation must be in [{low:g}, {high:g}] (got {value!r})")
+    return psi

@@ -1,0 +1,116 @@
+"""What one registration writes into MLflow: the run's params, curves, pictures, and the model version.
+
+Called by moepipe/registry.py with the store already chosen (and locked, for the embedded one).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
+
+from moepipe.config import RegisterConfig
+from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG
+
+MODEL_NAME_IN_RUN = "generator"
+VERSION_LINEAGE_TAGS = ("mlflow.source.git.commit", "moepipe.git_dirty", "dvc.md5.data/prepared", FINGERPRINT_TAG)
+
+
+def training_curves(metrics_csv: Path) -> list[Metric]:
+    """metrics.csv rows -> one Metric per (column, step), named train/<column>, at that step."""
+    if not metrics_csv.is_file():
+        return []
+    now = int(time.time() * 1000)
+    metrics = []
+    with metrics_csv.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                step = int(float(row.get("step") or ""))
+            except ValueError:
+                continue
+            for column, text in row.items():
+                if column in (None, "step") or text in (None, ""):
+                    continue
+                try:
+                    value = float(text)
+                except ValueError:
+                    continue
+                if math.isfinite(value):
+                    metrics.append(Metric(f"train/{column}", value, now, step))
+    return metrics
+
+
+def log_pictures_and_reports(client: MlflowClient, run_id: str, *, evaluate_dir: Path, train_reports: Path,
+                             metrics_json: Path, data_reports: Path) -> None:
+    """Evaluation PNGs + metrics.json under evaluate/, curves + last sample grid under train/,
+    data stage reports under data/."""
+    for picture in sorted(evaluate_dir.glob("*.png")) if evaluate_dir.is_dir() else []:
+        client.log_artifact(run_id, str(picture), "evaluate")
+    if metrics_json.is_file():
+        client.log_artifact(run_id, str(metrics_json), "evaluate")
+    if (train_reports / "metrics.csv").is_file():
+        client.log_artifact(run_id, str(train_reports / "metrics.csv"), "train")
+    grids = sorted((train_reports / "samples").glob("step-*.png"))
+    if grids:
+        client.log_artifact(run_id, str(grids[-1]), "train")
+    for stage in ("scrape", "curate", "preprocess"):
+        if (data_reports / f"{stage}.json").is_file():
+            client.log_artifact(run_id, str(data_reports / f"{stage}.json"), "data")
+
+
+def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: str, *, generator: Path,
+                    fingerprint: str, metrics: Mapping[str, float], tags: Mapping[str, str],
+                    summary: Mapping[str, Any], params: Mapping[str, str], evaluate_dir: Path,
+                    train_reports: Path, metrics_json: Path, data_reports: Path,
+                    artifacts: Mapping[str, Path | None]) -> ModelVersion:
+    """A new run with everything logged, and a complete model version of cfg.model_name."""
+    from moepipe.generate import AvatarModel
+    from moepipe.pyfunc import input_example, model_code, package_dir, requirements, signature
+
+    run_tags = {**tags, "moepipe.arch": str(summary.get("arch")), "moepipe.generator_step": str(summary.get("step"))}
+    run = client.create_run(experiment_id, run_name=f"{summary.get('arch')}-{summary.get('resolution')}px-"
+                                                    f"{fingerprint[:8]}", tags=run_tags)
+    run_id = run.info.run_id
+    created: ModelVersion | None = None
+    try:
+        with mlflow.start_run(run_id=run_id, nested=True):  # thread-local active run; FAILED on errors
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            client.log_batch(run_id, metrics=training_curves(train_reports / "metrics.csv"))
+            log_pictures_and_reports(client, run_id, evaluate_dir=evaluate_dir, train_reports=train_reports,
+                                     metrics_json=metrics_json, data_reports=data_reports)
+            # The version first, its files second: the files can then name their own version.
+            logged = mlflow.initialize_logged_model(name=MODEL_NAME_IN_RUN, source_run_id=run_id,
+                                                    experiment_id=experiment_id, tags={FINGERPRINT_TAG: fingerprint})
+            created = client.create_model_version(
+                cfg.model_name, f"models:/{logged.model_id}", run_id=run_id, model_id=logged.model_id,
+                tags={k: v for k, v in tags.items() if k in VERSION_LINEAGE_TAGS})
+            files = {"generator": str(generator)}
+            files.update({key: str(path) for key, path in artifacts.items()
+                          if path is not None and Path(path).is_file()})
+            avatars = AvatarModel.load(generator, directions=artifacts.get("directions"))
+            mlflow.pyfunc.log_model(
+                name=MODEL_NAME_IN_RUN, python_model=str(model_code()), artifacts=files,
+                code_paths=[str(package_dir())], signature=signature(), input_example=input_example(avatars),
+                pip_requirements=requirements(), model_id=logged.model_id,
+                model_config={"registration": {"model_name": cfg.model_name, "model_version": int(created.version),
+                                               "run_id": run_id, "generator_sha256": fingerprint}})
+            now = int(time.time() * 1000)
+            step = int(summary.get("step") or 0)
+            client.log_batch(run_id, metrics=[Metric(k, v, now, step, model_id=logged.model_id)
+                                              for k, v in sorted(metrics.items())])
+            client.set_model_version_tag(cfg.model_name, created.version, COMPLETE_TAG, "true")
+    except BaseException:
+        if created is not None:
+            try:  # an incomplete version is never promoted, but do not leave it behind either
+                client.delete_model_version(cfg.model_name, created.version)
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+    return client.get_model_version(cfg.model_name, created.version)
