@@ -337,6 +337,11 @@ def register_command(
     _run(action, params)
 
 
+from moepipe.stack.cli import stack_app  # noqa: E402 - sub-app, kept next to where it is added
+
+app.add_typer(stack_app, name="stack")
+
+
 @app.command("check-params")
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:
     """Validate params.yaml and exit; prints nothing but errors."""
