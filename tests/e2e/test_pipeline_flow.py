@@ -1,0 +1,267 @@
+"""The Prefect `pipeline` flow on the real dvc.yaml with tiny params, in a temporary git copy.
+
+Every stage runs (in DVC's order), then every stage is fresh; the summary artifact carries the
+evaluation, the promotion decision and the sample grid; bad params stop the run at once; the
+incremental scrape of the fixed synthetic source finds nothing new and changes nothing; and
+`prefect deploy --all` registers prefect.yaml's deployments with a Prefect server.
+
+Services: a temporary Prefect API (prefect_test_harness), a local-folder DVC remote and the
+embedded MLflow store (sqlite in the copy). With the local stack of tests/integration/conftest.py
+these become its Prefect server, its S3 remote and its MLflow server (see `services`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+try:  # the local stack is a session fixture of the integration tests; shared when it moves to tests/
+    from tests.integration.conftest import local_stack  # noqa: F401
+except ImportError:
+    pass
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+SUMMARY = "moepipe-pipeline-summary"
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(args, cwd=cwd, env=env or os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def tiny_params(params: dict) -> dict:
+    params["scrape"]["sources"][0]["limit"] = 60
+    params["curate"]["output_size"] = 32
+    params["preprocess"]["resolution"] = 16
+    params["train"].update(steps=4, width=8, z_dim=16, batch_size=8, checkpoint_every=2, sample_every=2,
+                           device="cpu", threads=1)
+    params["evaluate"] = {**params.get("evaluate", {}), "samples": 16, "batch_size": 16, "kid_subsets": 4,
+                          "control_samples": 1, "grid_columns": 4, "interpolation_steps": 3,
+                          "classifier": {"epochs": 1, "batch_size": 8}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def services(request, tmp_path_factory):
+    """Prefect API, DVC remote and client environment: the local stack when its fixture is
+    visible (S3 remote, MLflow server, Prefect server + worker), else a temporary Prefect API, a
+    local-folder remote and the embedded MLflow store."""
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    try:
+        stack_env = dict(request.getfixturevalue("local_stack").env)
+    except pytest.FixtureLookupError:
+        stack_env = None
+    names = set(stack_env or {}) | {"MLFLOW_TRACKING_URI", "PREFECT_HOME"}
+    saved = {name: os.environ.pop(name, None) for name in names}
+    os.environ.update({**(stack_env or {}), "PREFECT_HOME": str(home)})
+    try:
+        with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+            if stack_env:
+                with temporary_settings(updates={PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
+                    bucket = stack_env["MOEPIPE_DVC_BUCKET"]
+                    yield {"stack": True, "env": {**stack_env, "PREFECT_HOME": str(home)},
+                           "remote": f"s3://{bucket}/e2e-flow-{uuid.uuid4().hex[:8]}",
+                           "endpoint": stack_env["AWS_ENDPOINT_URL"]}
+                    # Send the runs' last logs and events now: at exit, with no API URL left, Prefect
+                    # would start a temporary server just to deliver them.
+                    from prefect.events.worker import EventsWorker
+                    from prefect.logging.handlers import APILogWorker
+
+                    APILogWorker.drain_all(timeout=30, at_exit=False)
+                    EventsWorker.drain_all(timeout=30, at_exit=False)
+            else:
+                with prefect_test_harness(server_startup_timeout=60):
+                    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
+                    yield {"stack": False, "env": env,
+                           "remote": str(tmp_path_factory.mktemp("dvc-remote")), "endpoint": None}
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, services) -> Path:
+    """A git repository holding the files of this one, with tiny params and its own DVC remote."""
+    dest = tmp_path_factory.mktemp("flow-project") / "moepipe"
+    listed = run(["git", "ls-files", "-co", "--exclude-standard"], ROOT).split()
+    for name in listed:
+        if name.startswith(("tests/", "bench/", "docs/")) or not (ROOT / name).is_file():
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, dest / name)
+    params = tiny_params(yaml.safe_load((dest / "params.yaml").read_text()))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    run(["git", "init", "-q"], dest, env)
+    run(["git", "add", "-A"], dest, env)
+    run(["git", "commit", "-qm", "copy"], dest, env)
+    dvc(dest, "remote", "add", "--local", "--default", "e2e", services["remote"])
+    if services["endpoint"]:
+        dvc(dest, "remote", "modify", "--local", "e2e", "endpointurl", services["endpoint"])
+    return dest
+
+
+@pytest.fixture
+def built(project) -> Path:
+    """The project after one pipeline run (the first test's, when it ran before)."""
+    if not (project / "dvc.lock").is_file():
+        from flows.pipeline import pipeline
+
+        pipeline(repo=str(project), retry_delay_s=0)
+    return project
+
+
+def summary_of(state) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            key=ArtifactFilterKey(any_=[SUMMARY])))
+    assert len(found) == 1
+    return found[0].data
+
+
+def outcomes(result: dict) -> dict[str, str]:
+    return {step["step"]: step["outcome"] for step in result["steps"]}
+
+
+def test_pipeline_flow_builds_everything_then_finds_it_fresh(project, services):
+    from flows.dvc_stages import pipeline_stages
+    from flows.pipeline import pipeline
+
+    stages = [stage.name for stage in pipeline_stages(project)]
+    assert stages[:4] == ["scrape", "curate", "preprocess", "train"] and "register" in stages
+    assert stages.index("evaluate") < stages.index("register")
+
+    state = pipeline(repo=str(project), retry_delay_s=0, return_state=True)
+    first = state.result()
+    assert list(outcomes(first)) == ["dvc pull", *stages, "dvc push"]
+    assert set(outcomes(first).values()) == {"ran"}, outcomes(first)
+    summary = summary_of(state)
+    (project.parent / "summary.md").write_text(summary)  # to look at after a failure
+    assert summary.startswith("# moepipe pipeline: succeeded")
+    assert "## Evaluation (`reports/evaluate/metrics.json`)" in summary and "| fd |" in summary
+    register = json.loads((project / "reports/register.json").read_text())  # what the register stage decided
+    assert f"**moe-generator v{register['version']} → {register['decision']}**" in summary
+    assert register["reasons"] and all(f"- {reason}" in summary for reason in register["reasons"])
+    from mlflow import MlflowClient
+
+    tracking_uri = services["env"].get("MLFLOW_TRACKING_URI") or f"sqlite:///{project}/mlflow.db"
+    version = MlflowClient(tracking_uri).get_model_version(register["model"], str(register["version"]))
+    assert version.run_id == register["run_id"]  # registered where the stack (or the embedded store) keeps it
+    assert "![sample grid](data:image/png;base64," in summary
+    assert json.loads(dvc(project, "status", "--cloud", "--json") or "{}") == {}  # all pushed
+
+    second = pipeline(repo=str(project), retry_delay_s=0)
+    assert {outcomes(second)[name] for name in stages} == {"fresh"}, outcomes(second)
+
+
+def test_bad_params_stop_the_run_at_their_stage_without_retrying(built):
+    from flows.dvc_stages import PermanentFailure
+    from flows.pipeline import pipeline
+
+    params = built / "params.yaml"
+    good = params.read_text()
+    bad = yaml.safe_load(good)
+    bad["train"]["lr_g"] = -1
+    params.write_text(yaml.safe_dump(bad, sort_keys=False))
+    try:
+        state = pipeline(repo=str(built), pull=False, push=False, retry_delay_s=0, return_state=True)
+        with pytest.raises(PermanentFailure, match="train.lr_g"):
+            state.result()
+        summary = summary_of(state)
+    finally:
+        params.write_text(good)
+    assert "failed at `train`" in summary and "moepipe: error: " in summary and "not retried" in summary
+    assert "| scrape | skipped (fresh) |" in summary  # its params section did not change
+    assert "| train | **failed** | " in summary and " | 1 | " in summary.split("| train |")[1].splitlines()[0]
+    assert "| evaluate | not run |" in summary
+
+
+def test_incremental_scrape_of_the_fixed_source_finds_nothing_new(built):
+    from flows.scrape import scrape
+
+    result = scrape(repo=str(built), retry_delay_s=0)
+    assert result["new_posts"] == 0 and result["posts_before"] > 0
+    assert "scrape" not in dvc(built, "status", "scrape")  # same data/raw: nothing to rebuild
+
+
+def wait_for_final_state(client, flow_run_id, timeout_s: float = 300.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is not None and flow_run.state.is_final():
+            return flow_run
+        assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
+        time.sleep(2)
+
+
+def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(built, services, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    env = {**os.environ, **services["env"], "MOEPIPE_REPO": str(built)}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    if not services["stack"]:  # the local stack makes its work pool itself
+        run([prefect, "work-pool", "create", "moepipe-process", "--type", "process"], built, env)
+    run([prefect, "--no-prompt", "deploy", "--all"], built, env)
+    with get_client(sync_client=True) as client:
+        deployments = {deployment.name: deployment for deployment in client.read_deployments()}
+        retrain, scrape = deployments["nightly-retrain"], deployments["incremental-scrape"]
+        try:
+            assert retrain.entrypoint == "flows/pipeline.py:pipeline"
+            assert scrape.entrypoint == "flows/scrape.py:scrape"
+            assert retrain.work_pool_name == scrape.work_pool_name == "moepipe-process"
+            assert [(s.schedule.cron, s.schedule.timezone) for s in retrain.schedules] == [("0 3 * * *", "UTC")]
+            assert scrape.schedules[0].schedule.cron == "30 */6 * * *"
+            step = {"prefect.deployments.steps.set_working_directory": {"directory": str(built)}}
+            assert retrain.pull_steps == scrape.pull_steps == [step]
+            assert {"repo", "params", "stages", "pull", "push", "remote", "train_on"} <= set(
+                retrain.parameter_openapi_schema["properties"])
+
+            # A process worker started elsewhere runs a scrape in the checkout the pull step enters
+            # (the stack's own worker, else one started here for a single poll).
+            flow_run = client.create_flow_run_from_deployment(scrape.id)
+            if not services["stack"]:
+                worker_env = {name: value for name, value in env.items() if name != "MOEPIPE_REPO"}
+                run([prefect, "worker", "start", "--pool", "moepipe-process", "--type", "process", "--run-once"],
+                    tmp_path, worker_env)
+            flow_run = wait_for_final_state(client, flow_run.id)
+            assert flow_run.state.is_completed(), flow_run.state
+            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                key=ArtifactFilterKey(any_=["moepipe-scrape-summary"])))
+            assert "**0 new posts**" in artifacts[0].data
+        finally:  # leave a shared Prefect server without schedules that would start runs later
+            for deployment in (retrain, scrape):
+                client.delete_deployment(deployment.id)
