@@ -11,6 +11,7 @@ from typing import Any, Callable
 from prefect import Task
 
 from flows.dvc_stages import StageInfo, StepFailed
+from moepipe.stack.layout import REPO_LIMIT
 from flows.dvc_tasks import failure_of
 from flows.report import Failure, StepRecord, publish, render_summary
 
@@ -102,13 +103,14 @@ class RunLog:
                 "failure": None if self.failure is None else vars(self.failure)}
 
 
-REPO_LOCK = "moepipe-repo"
+REPO_LOCK = REPO_LIMIT
 
 
 def repo_turn():
     """Hold a slot of the global concurrency limit `moepipe-repo`, so flows sharing a checkout
-    (scrape and retrain) take turns; without that limit (`prefect gcl create moepipe-repo
-    --limit 1`) Prefect logs a warning and lets the run through."""
+    (scrape and retrain) take turns. `moepipe stack up` creates it; on another Prefect server,
+    create it with `prefect gcl create moepipe-repo --limit 1` (without it Prefect logs a
+    warning and lets the run through)."""
     from prefect.concurrency.sync import concurrency
 
     return concurrency(REPO_LOCK, occupy=1)

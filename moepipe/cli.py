@@ -41,7 +41,7 @@ def _run(action: Callable[[Params], str], params_path: Path) -> None:
         params = load_params(params_path)
         summary = action(params)
     except UserError as error:
-        _fail(str(error))
+        _fail(str(error), error.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; outputs written so far are complete and a re-run resumes", 130)
     typer.echo(summary)
@@ -219,7 +219,7 @@ def generate(
         summary = write_pictures(avatars, model, out=out, singles=singles, n=n, seed=seed, attributes=attributes,
                                  truncation=truncation, columns=columns, interpolate_to=interpolate, steps=steps)
     except UserError as error:
-        _fail(str(error))
+        _fail(str(error), error.exit_code)
     typer.echo(summary)
 
 

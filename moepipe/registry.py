@@ -281,19 +281,15 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
     fingerprint = sha256_file(generator)
     check_store(tracking_uri)
 
-    import mlflow
     from mlflow import MlflowClient
 
     from moepipe.tracking import log_new_version
     from moepipe.modelcard import data_card, generator_summary, model_card
     from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
 
-    # Some MLflow internals (model version sources, fluent logging) read the global URIs.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
     tags = lineage(Path(dvc_lock), generator, fingerprint)
     summary = generator_summary(generator)
-    with store_lock(tracking_uri, lock_timeout_s) as locked:
+    with mlflow_globals(tracking_uri), store_lock(tracking_uri, lock_timeout_s) as locked:
         client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
         experiment_id = ensure_experiment(client, cfg, tracking_uri)
         ensure_registered_model(client, cfg.model_name)
@@ -344,6 +340,34 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
 
     atomic_write(Path(out_report), (json.dumps(report, indent=2) + "\n").encode())
     return report
+
+
+@contextlib.contextmanager
+def mlflow_globals(uri: str) -> Iterator[None]:
+    """Point MLflow's process-wide tracking and registry URIs at `uri`, without exporting them.
+
+    Some MLflow internals (model version sources, fluent logging) read only the globals, so they
+    are set (and stay set: in-process callers then load what was registered, and concurrent
+    registrations in threads never see them flip). But setting them also exports
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, which subprocesses started later would inherit and
+    follow to this store instead of their own; those two variables are put back afterwards.
+    """
+    import os
+
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from moepipe.config import ScrapeConfig
-from moepipe.errors import UserError
+from moepipe.errors import TransientError, UserError
 from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex
 from moepipe.manifest import JsonlLog, Manifest, read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
@@ -224,7 +224,8 @@ def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: A
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 advance(done)
     except FetchError as error:
-        raise UserError(
+        kind = TransientError if error.retryable else UserError
+        raise kind(
             f"scrape: source {source.label!r}: cannot list posts ({error.reason}) at {error.url}"
         ) from None
     finally:

@@ -18,7 +18,10 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     # A few minutes on 2 CPU cores for the default 64 px synthetic gallery; bf16 autocast where
     # the CPU has bf16 hardware (precision auto), else fp32.
     "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 2400, "device": "cpu",
-            "precision": "auto", "checkpoint_every": 200, "sample_every": 400, "ada_speed_kimg": 20.0},
+            "precision": "auto", "checkpoint_every": 200, "sample_every": 400, "ada_speed_kimg": 20.0,
+            # Measured on the default data (same classifier): mode seeking 0 / 0.3 / 1.0 gave
+            # fd 47.5 / 40.1 / 37.7, recall 0.02 / 0.08 / 0.11, control accuracy 0.51 / 0.47 / 0.41.
+            "mode_seeking": 0.3},
     # One modern GPU: StyleGAN-lite with bf16 autocast and channels_last.
     "gpu": {"arch": "stylegan", "batch_size": 64, "steps": 40000, "device": "cuda",
             "precision": "bf16", "checkpoint_every": 1000, "sample_every": 2000, "r1_gamma": 0.5,
@@ -46,6 +49,7 @@ class TrainConfig(Strict):
     d_steps: int = Field(default=1, ge=1, le=10, description="discriminator steps per generator step")
     gp_weight: float = Field(default=10.0, ge=0)
     r1_gamma: float = Field(default=0.0, ge=0, description="lazy R1 weight; 0 = off")
+    mode_seeking: float = Field(default=0.0, ge=0, description="MSGAN weight: variety per label set; 0 = off")
     r1_interval: int = Field(default=16, ge=1)
     augment: str = Field(default="color,translation,cutout", description="DiffAugment policy; '' = none")
     ada: bool = Field(default=True, description="adapt the augmentation probability (ADA)")

@@ -28,6 +28,7 @@ MLFLOW_ARTIFACTS_DESTINATION = f"s3://{MLFLOW_BUCKET}/"
 REGION = "us-east-1"
 ADMIN_GRPC_OFFSET = 10000
 WORK_POOL = "moepipe-process"
+REPO_LIMIT = "moepipe-repo"  # global concurrency limit (1 slot): flows sharing a checkout take turns
 GPU_WORK_POOL = "moepipe-gpu"  # infra/compose.yaml only: the local stack has no GPU worker
 WORKER_NAME = "moepipe-local-worker"
 

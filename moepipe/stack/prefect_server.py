@@ -10,7 +10,7 @@ import httpx
 
 from moepipe.errors import UserError
 from moepipe.stack.health import TIMEOUT_S, probe_prefect
-from moepipe.stack.layout import (HOST, PREFECT_SERVER, PREFECT_WORKER, WORK_POOL, WORKER_NAME, Ports,
+from moepipe.stack.layout import (HOST, PREFECT_SERVER, PREFECT_WORKER, REPO_LIMIT, WORK_POOL, WORKER_NAME, Ports,
                                   StateDir, urls)
 from moepipe.stack.service import ServiceSpec, python_module, service_env
 
@@ -76,6 +76,18 @@ def ensure_work_pool(api_url: str) -> bool:
         return False
     if response.status_code >= 300:
         raise UserError(f"Prefect API {api_url}: cannot create work pool {WORK_POOL}: "
+                        f"HTTP {response.status_code} {response.text[:200]}")
+    return True
+
+
+def ensure_repo_limit(api_url: str) -> bool:
+    """Create the global concurrency limit REPO_LIMIT (1 slot) if missing: flows that share a
+    checkout (scrape and retrain) take turns on it; True if it was created."""
+    response = _call("post", f"{api_url}/v2/concurrency_limits/", {"name": REPO_LIMIT, "limit": 1})
+    if response.status_code == 409:
+        return False
+    if response.status_code >= 300:
+        raise UserError(f"Prefect API {api_url}: cannot create concurrency limit {REPO_LIMIT}: "
                         f"HTTP {response.status_code} {response.text[:200]}")
     return True
 

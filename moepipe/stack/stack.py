@@ -101,6 +101,7 @@ class Stack:
                 address = urls(ports)
                 seaweedfs.ensure_buckets(address["s3"], credentials)
                 prefect_server.ensure_work_pool(address["prefect_api"])
+                prefect_server.ensure_repo_limit(address["prefect_api"])
                 if PREFECT_WORKER in to_start:
                     since = datetime.now(timezone.utc)
                     worker = prefect_server.worker_spec(self.state, ports, env, online_since=since)

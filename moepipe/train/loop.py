@@ -90,6 +90,20 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{step}/{rank}".encode()).digest()[:7], "big")
 
 
+def mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN (Mao et al. 2019): 1 / (mean |G(z1) - G(z2)| / mean |z1 - z2|) over pairs (i, i + n/2).
+
+    Small when two latents with the same labels give different images, so a generator that
+    ignores z (mode collapse within a label set) pays for it.
+    """
+    half = fake.shape[0] // 2
+    if half == 0:
+        return fake.new_zeros(())
+    images = (fake[:half].float() - fake[half:2 * half].float()).abs().mean()
+    latents = (z[:half] - z[half:2 * half]).abs().mean()
+    return 1.0 / (images / latents + eps)
+
+
 def _grad_norm(module: torch.nn.Module) -> float:
     grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
     # One multi-tensor kernel instead of one norm per parameter (matters on GPUs, where each
@@ -152,8 +166,9 @@ class _Trainer:
         labels = torch.from_numpy(np.asarray(self.data.labels[rows], dtype=np.float32)).to(self.rt.device)
         return images, labels
 
-    def _fake(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
-        z = torch.randn(n, self.G.z_dim, device=self.rt.device)
+    def _fake(self, n: int, labels: torch.Tensor | None, z: torch.Tensor | None = None) -> torch.Tensor:
+        if z is None:
+            z = torch.randn(n, self.G.z_dim, device=self.rt.device)
         if self.cfg.arch == "stylegan":
             return self.g_run(z, labels, style_mix_prob=self.cfg.style_mix_prob)
         return self.g_run(z, labels)
@@ -171,12 +186,16 @@ class _Trainer:
         reuse = cfg.d_steps == 1
         for _ in range(cfg.d_steps):
             real, labels = self._batch(rng)
+            n = real.shape[0]
+            z = torch.randn(n, self.G.z_dim, device=rt.device)
+            # Mode seeking pairs row i with row i + n//2: same labels, different z.
+            fake_labels = labels[torch.arange(n) % max(n // 2, 1)] if cfg.mode_seeking and labels is not None else labels
             with rt.autocast():
                 with torch.set_grad_enabled(reuse):
-                    fake_for_g = self._fake(real.shape[0], labels)
+                    fake_for_g = self._fake(n, fake_labels, z)
                 fake = fake_for_g.detach()
                 real_logits = self.d_run(self.ada.augment(real, policy), labels)
-                fake_logits = self.d_run(self.ada.augment(fake, policy), labels)
+                fake_logits = self.d_run(self.ada.augment(fake, policy), fake_labels)
             loss_d = self.loss.d_loss(real_logits, fake_logits)
             if self.loss.needs_gradient_penalty:
                 loss_d = loss_d + gradient_penalty(self.d_run, real, fake, labels, self.loss.gp_weight)
@@ -201,8 +220,10 @@ class _Trainer:
 
         self.D.requires_grad_(False)
         with rt.autocast():
-            fake = fake_for_g if reuse else self._fake(real.shape[0], labels)
-            loss_g = self.loss.g_loss(self.d_run(self.ada.augment(fake, policy), labels))
+            fake = fake_for_g if reuse else self._fake(n, fake_labels, z)
+            loss_g = self.loss.g_loss(self.d_run(self.ada.augment(fake, policy), fake_labels))
+        if cfg.mode_seeking:
+            loss_g = loss_g + cfg.mode_seeking * mode_seeking_penalty(fake, z)
         self._check(loss_g, "generator", step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

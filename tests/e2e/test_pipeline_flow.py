@@ -5,16 +5,14 @@ evaluation, the promotion decision and the sample grid; bad params stop the run 
 incremental scrape of the fixed synthetic source finds nothing new and changes nothing; and
 `prefect deploy --all` registers prefect.yaml's deployments with a Prefect server.
 
-Services: a temporary Prefect API (prefect_test_harness), a local-folder DVC remote and the
-embedded MLflow store (sqlite in the copy). With the local stack of tests/integration/conftest.py
-these become its Prefect server, its S3 remote and its MLflow server (see `services`).
+Services: the local stack of tests/conftest.py — its Prefect server and process worker, an S3
+DVC remote on its SeaweedFS, and its MLflow server with artifacts in S3 (see `services`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -22,13 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 import yaml
-
-try:  # the local stack is a session fixture of the integration tests; shared when it moves to tests/
-    from tests.integration.conftest import local_stack  # noqa: F401
-except ImportError:
-    pass
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -54,50 +48,35 @@ def tiny_params(params: dict) -> dict:
     params["evaluate"] = {**params.get("evaluate", {}), "samples": 16, "batch_size": 16, "kid_subsets": 4,
                           "control_samples": 1, "grid_columns": 4, "interpolation_steps": 3,
                           "classifier": {"epochs": 1, "batch_size": 8}}
+    params["register"]["gates"] = {}  # a 4-step generator passes no quality gate; promotion is what is tested
     return params
 
 
 @pytest.fixture(scope="module")
-def services(request, tmp_path_factory):
-    """Prefect API, DVC remote and client environment: the local stack when its fixture is
-    visible (S3 remote, MLflow server, Prefect server + worker), else a temporary Prefect API, a
-    local-folder remote and the embedded MLflow store."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+def services(local_stack, tmp_path_factory):
+    """Prefect API, DVC remote and client environment of the local stack (tests/conftest.py):
+    S3 remote on SeaweedFS, MLflow server with S3 artifacts, Prefect server + process worker."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect-home")
-    try:
-        stack_env = dict(request.getfixturevalue("local_stack").env)
-    except pytest.FixtureLookupError:
-        stack_env = None
-    names = set(stack_env or {}) | {"MLFLOW_TRACKING_URI", "PREFECT_HOME"}
+    stack_env = dict(local_stack.env)
+    names = set(stack_env) | {"MLFLOW_TRACKING_URI", "PREFECT_HOME"}
     saved = {name: os.environ.pop(name, None) for name in names}
-    os.environ.update({**(stack_env or {}), "PREFECT_HOME": str(home)})
+    os.environ.update({**stack_env, "PREFECT_HOME": str(home)})
     try:
-        with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-            if stack_env:
-                with temporary_settings(updates={PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
-                    bucket = stack_env["MOEPIPE_DVC_BUCKET"]
-                    yield {"stack": True, "env": {**stack_env, "PREFECT_HOME": str(home)},
-                           "remote": f"s3://{bucket}/e2e-flow-{uuid.uuid4().hex[:8]}",
-                           "endpoint": stack_env["AWS_ENDPOINT_URL"]}
-                    # Send the runs' last logs and events now: at exit, with no API URL left, Prefect
-                    # would start a temporary server just to deliver them.
-                    from prefect.events.worker import EventsWorker
-                    from prefect.logging.handlers import APILogWorker
+        with temporary_settings(updates={PREFECT_HOME: str(home), PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                                         PREFECT_API_URL: stack_env["PREFECT_API_URL"]}):
+            bucket = stack_env["MOEPIPE_DVC_BUCKET"]
+            yield {"env": {**stack_env, "PREFECT_HOME": str(home)},
+                   "remote": f"s3://{bucket}/e2e-flow-{uuid.uuid4().hex[:8]}",
+                   "endpoint": stack_env["AWS_ENDPOINT_URL"]}
+            # Send the runs' last logs and events now: at exit, with no API URL left, Prefect
+            # would start a temporary server just to deliver them.
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
 
-                    APILogWorker.drain_all(timeout=30, at_exit=False)
-                    EventsWorker.drain_all(timeout=30, at_exit=False)
-            else:
-                with prefect_test_harness(server_startup_timeout=60):
-                    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(home)}
-                    yield {"stack": False, "env": env,
-                           "remote": str(tmp_path_factory.mktemp("dvc-remote")), "endpoint": None}
+            APILogWorker.drain_all(timeout=30, at_exit=False)
+            EventsWorker.drain_all(timeout=30, at_exit=False)
     finally:
         for name, value in saved.items():
             os.environ.pop(name, None)
@@ -178,7 +157,22 @@ def test_pipeline_flow_builds_everything_then_finds_it_fresh(project, services):
 
     tracking_uri = services["env"].get("MLFLOW_TRACKING_URI") or f"sqlite:///{project}/mlflow.db"
     version = MlflowClient(tracking_uri).get_model_version(register["model"], str(register["version"]))
-    assert version.run_id == register["run_id"]  # registered where the stack (or the embedded store) keeps it
+    assert version.run_id == register["run_id"]  # registered in the stack's MLflow server
+    assert register["decision"] == "champion"  # the first version that passes the (empty) gates
+    assert MlflowClient(tracking_uri).get_model_version_by_alias(register["model"], "champion").version == version.version
+    env = services["env"]
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+
+    def keys(bucket: str, prefix: str = "") -> list[str]:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    remote_prefix = services["remote"].split("/", 3)[3]
+    assert len(keys(env["MOEPIPE_DVC_BUCKET"], remote_prefix)) > 50  # images, arrays and models pushed
+    artifacts = keys(env["MOEPIPE_MLFLOW_BUCKET"])
+    assert any(register["run_id"] in key for key in artifacts)  # the run's pictures and model card
+    assert any(key.endswith("generator.pt") for key in artifacts)  # the logged model's weights
     assert "![sample grid](data:image/png;base64," in summary
     assert json.loads(dvc(project, "status", "--cloud", "--json") or "{}") == {}  # all pushed
 
@@ -226,14 +220,12 @@ def wait_for_final_state(client, flow_run_id, timeout_s: float = 300.0):
         time.sleep(2)
 
 
-def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(built, services, tmp_path):
+def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(built, services):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     env = {**os.environ, **services["env"], "MOEPIPE_REPO": str(built)}
     prefect = str(Path(sys.executable).parent / "prefect")
-    if not services["stack"]:  # the local stack makes its work pool itself
-        run([prefect, "work-pool", "create", "moepipe-process", "--type", "process"], built, env)
     run([prefect, "--no-prompt", "deploy", "--all"], built, env)
     with get_client(sync_client=True) as client:
         deployments = {deployment.name: deployment for deployment in client.read_deployments()}
@@ -249,13 +241,8 @@ def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(buil
             assert {"repo", "params", "stages", "pull", "push", "remote", "train_on"} <= set(
                 retrain.parameter_openapi_schema["properties"])
 
-            # A process worker started elsewhere runs a scrape in the checkout the pull step enters
-            # (the stack's own worker, else one started here for a single poll).
+            # The stack's process worker runs a scrape in the checkout the pull step enters.
             flow_run = client.create_flow_run_from_deployment(scrape.id)
-            if not services["stack"]:
-                worker_env = {name: value for name, value in env.items() if name != "MOEPIPE_REPO"}
-                run([prefect, "worker", "start", "--pool", "moepipe-process", "--type", "process", "--run-once"],
-                    tmp_path, worker_env)
             flow_run = wait_for_final_state(client, flow_run.id)
             assert flow_run.state.is_completed(), flow_run.state
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

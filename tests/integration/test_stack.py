@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from moepipe.stack.layout import REPO_LIMIT
 from moepipe.stack import (DVC_BUCKET, ENV_NAMES, MLFLOW_BUCKET, SERVICES, WORK_POOL, Ports, Stack, StackError,
                            Unreachable, require_mlflow, require_prefect)
 from moepipe.stack.health import s3_client
@@ -103,6 +104,8 @@ def test_prefect_api_answers_and_the_pool_has_a_worker(local_stack):
     assert "command" in pool.json()["base_job_template"]["job_configuration"]
     workers = httpx.post(f"{api}/work_pools/{WORK_POOL}/workers/filter", json={}, timeout=5).json()
     assert [(w["name"], w["status"]) for w in workers] == [(WORKER_NAME, "ONLINE")]
+    limit = httpx.get(f"{api}/v2/concurrency_limits/{REPO_LIMIT}", timeout=5)  # flows take turns on it
+    assert limit.status_code == 200 and limit.json()["limit"] == 1
 
 
 def test_up_again_is_idempotent(local_stack):

@@ -365,3 +365,11 @@ def test_cli_register_prints_the_decision(store, trained: Path, tmp_path: Path, 
     line = result.stdout.strip().splitlines()[-1]
     assert line.startswith("register: moe-generator v1 → champion (first version passing the gates) run ")
     assert json.loads((tmp_path / "register.json").read_text())["version"] == 1
+
+
+def test_register_leaves_no_store_behind_for_later_subprocesses(store, trained: Path, tmp_path: Path) -> None:
+    import os
+
+    run_register(store, trained, variant(trained, tmp_path, 21), {"fd": 5.0, **GOOD})
+    # A `moepipe register` run later as a subprocess must follow its own environment, not this store.
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ

@@ -149,3 +149,23 @@ def test_auto_precision_takes_bf16_only_on_cpus_that_compute_it_in_hardware(
     assert pick_runtime(TrainConfig(device="cpu", precision="auto")).bf16 is expected
     assert pick_runtime(TrainConfig(device="cpu", precision="fp32")).bf16 is False
     assert pick_runtime(TrainConfig(device="cpu", precision="bf16")).bf16 is True
+
+
+def test_mode_seeking_penalty_punishes_a_generator_that_ignores_z() -> None:
+    from moepipe.train.loop import mode_seeking_penalty
+
+    z = torch.randn(8, 4)
+    collapsed = torch.zeros(8, 3, 4, 4, requires_grad=True)
+    varied = (torch.randn(8, 3, 4, 4) * 0.5).requires_grad_(True)
+    assert mode_seeking_penalty(collapsed, z) > 100 * mode_seeking_penalty(varied, z)
+    penalty = mode_seeking_penalty(varied, z)
+    penalty.backward()
+    step = varied.detach() - 0.1 * varied.grad  # gradient descent spreads the pairs apart
+    assert (step[:4] - step[4:]).abs().mean() > (varied[:4] - varied[4:]).abs().mean()
+
+
+def test_mode_seeking_trains_and_changes_the_weights(prepared16: Path, tmp_path: Path) -> None:
+    plain = train(tiny(steps=3), 0, prepared16, tmp_path / "a", echo=quiet)
+    seeking = train(tiny(steps=3, mode_seeking=1.0), 0, prepared16, tmp_path / "b", echo=quiet)
+    assert seeking.digest != plain.digest
+    assert torch.isfinite(torch.tensor(seeking.last["loss_g"]))
