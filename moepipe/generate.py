@@ -72,6 +72,8 @@ class AvatarModel:
             self.generator = generator.to(memory_format=torch.channels_last)
         self.meta = {k: v for k, v in meta.items() if k != "state_dict"}
         self.directions = directions if not self.conditional else None
+        # Where a registered model came from (model_name, model_version, run_id), for PNG text.
+        self.provenance: dict[str, str] = {}
         self.device = next(generator.parameters()).device
 
     @classmethod
@@ -298,6 +300,8 @@ def _load_logged_model(uri: str, tracking_uri: str | None) -> AvatarModel:
     avatars = getattr(python_model, "avatars", None)
     if not isinstance(avatars, AvatarModel):
         raise UserError(f"{uri}: not a moepipe generator model")
+    avatars.provenance = {key: str(getattr(python_model, key)) for key in ("model_name", "model_version", "run_id")
+                          if getattr(python_model, key, "")}
     return avatars
 
 
@@ -320,7 +324,8 @@ def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, single
     tags = avatars.parse_attributes(attributes)
     if out is None and singles is None:
         out = Path("avatars.png")
-    text = {"model": model, "attributes": ",".join(tags), "truncation": f"{truncation:g}", "software": "moepipe"}
+    text = {"model": model, **avatars.provenance, "attributes": ",".join(tags), "truncation": f"{truncation:g}",
+            "software": "moepipe"}
     if interpolate_to is None:
         seeds = [seed + i for i in range(n)]
         images = avatars.draw(seeds, tags, truncation)

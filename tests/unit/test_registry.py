@@ -373,3 +373,27 @@ def test_register_leaves_no_store_behind_for_later_subprocesses(store, trained: 
     run_register(store, trained, variant(trained, tmp_path, 21), {"fd": 5.0, **GOOD})
     # A `moepipe register` run later as a subprocess must follow its own environment, not this store.
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+
+def test_generate_draws_from_the_registered_champion(store, trained: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from moepipe.cli import app
+    from moepipe.generate import AvatarModel
+
+    report = run_register(store, trained, variant(trained, tmp_path, 31), {"fd": 3.0, **GOOD})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])
+    tag = AvatarModel.load(trained / "models/generator.pt").attributes[0]
+    out = tmp_path / "grid.png"
+    result = CliRunner().invoke(app, ["generate", "--model", "models:/moe-generator@champion", "--attributes", tag,
+                                      "--n", "6", "--seed", "7", "--columns", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    grid = Image.open(out)
+    assert grid.size == (3 * 16 + 2 * 2, 2 * 16 + 2)  # 3 x 2 avatars of 16 px, 2 px gaps
+    assert grid.text["model"] == "models:/moe-generator@champion"
+    assert (grid.text["model_name"], grid.text["model_version"]) == ("moe-generator", str(report["version"]))
+    assert grid.text["run_id"] == report["run_id"]
+    missing = CliRunner().invoke(app, ["generate", "--model", "models:/no-such-model@champion", "--out", str(out)])
+    assert missing.exit_code == 1 and missing.stderr.startswith("moepipe: error: ")
+    assert len(missing.stderr.strip().splitlines()) == 1
