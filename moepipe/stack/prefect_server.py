@@ -71,23 +71,23 @@ def ensure_work_pool(api_url: str) -> bool:
     body = {"name": WORK_POOL, "type": "process",
             "description": "moepipe flows as local subprocesses (CPU)",
             "base_job_template": ProcessWorker.get_default_base_job_template()}
-    response = _call("post", f"{api_url}/work_pools/", body)
-    if response.status_code == 409:
-        return False
-    if response.status_code >= 300:
-        raise UserError(f"Prefect API {api_url}: cannot create work pool {WORK_POOL}: "
-                        f"HTTP {response.status_code} {response.text[:200]}")
-    return True
+    return _create(api_url, "/work_pools/", body, f"work pool {WORK_POOL}")
 
 
 def ensure_repo_limit(api_url: str) -> bool:
     """Create the global concurrency limit REPO_LIMIT (1 slot) if missing: flows that share a
     checkout (scrape and retrain) take turns on it; True if it was created."""
-    response = _call("post", f"{api_url}/v2/concurrency_limits/", {"name": REPO_LIMIT, "limit": 1})
+    body = {"name": REPO_LIMIT, "limit": 1}
+    return _create(api_url, "/v2/concurrency_limits/", body, f"concurrency limit {REPO_LIMIT}")
+
+
+def _create(api_url: str, path: str, body: dict, what: str) -> bool:
+    """POST a Prefect object; False if it already exists (409), UserError naming it on failure."""
+    response = _call("post", api_url + path, body)
     if response.status_code == 409:
         return False
     if response.status_code >= 300:
-        raise UserError(f"Prefect API {api_url}: cannot create concurrency limit {REPO_LIMIT}: "
+        raise UserError(f"Prefect API {api_url}: cannot create {what}: "
                         f"HTTP {response.status_code} {response.text[:200]}")
     return True
 

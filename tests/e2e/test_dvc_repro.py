@@ -1,5 +1,6 @@
 """`dvc repro` on a copy of this repository with tiny params: the DAG's promises."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -34,9 +35,13 @@ def project(tmp_path_factory):
     params["scrape"]["sources"][0]["limit"] = 80
     params["preprocess"]["resolution"] = 32
     params["train"].update(steps=6, width=8, z_dim=16, batch_size=8, checkpoint_every=3, sample_every=3)
+    params["evaluate"].update(samples=16, batch_size=16, kid_subsets=4, control_samples=1, grid_columns=4,
+                              interpolation_steps=3, classifier={"epochs": 1, "batch_size": 8})
+    params["register"]["gates"] = {}  # a 6-step generator passes no quality gate
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / "dvc.lock").unlink(missing_ok=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    env = {**clean, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "MOEPIPE_QUIET": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     run(["git", "init", "-q"], dest, env)
@@ -52,11 +57,17 @@ def ran_stages(output: str) -> list[str]:
 def test_repro_builds_then_is_a_no_op_then_reruns_only_preprocess(project):
     dest, env = project
     first = run([sys.executable, "-m", "dvc", "repro"], dest, env)
-    assert ran_stages(first) == ["scrape", "curate", "preprocess", "train"]
+    model_stages = ["train", "classifier", "directions", "evaluate", "register"]
+    assert ran_stages(first)[:3] == ["scrape", "curate", "preprocess"]
+    assert sorted(ran_stages(first)[3:]) == sorted(model_stages) and ran_stages(first)[-1] == "register"
     for name in ("data/raw/manifest.jsonl", "data/curated/manifest.jsonl", "data/prepared/train_images.npy",
                  "reports/scrape.json", "reports/curate.json", "reports/preprocess.json",
-                 "models/generator.pt", "reports/train/metrics.csv", "reports/train/samples/latest.png"):
+                 "models/generator.pt", "reports/train/metrics.csv", "reports/train/samples/latest.png",
+                 "models/classifier.pt", "models/directions.npz", "reports/evaluate/metrics.json",
+                 "reports/evaluate/sweep.png", "reports/register.json", "mlflow.db"):
         assert (dest / name).is_file(), name
+    registered = json.loads((dest / "reports/register.json").read_text())
+    assert (registered["version"], registered["decision"]) == (1, "champion")  # in the embedded store
 
     second = run([sys.executable, "-m", "dvc", "repro"], dest, env)
     assert ran_stages(second) == []
@@ -71,7 +82,8 @@ def test_repro_builds_then_is_a_no_op_then_reruns_only_preprocess(project):
 
     assert np.load(dest / "data/prepared/train_images.npy", mmap_mode="r").shape[1:] == (16, 16, 3)
     fourth = run([sys.executable, "-m", "dvc", "repro"], dest, env)
-    assert ran_stages(fourth) == ["train"]  # the model follows the new data
+    assert sorted(ran_stages(fourth)) == sorted(model_stages)  # the model (and its scores) follow the new data
+    assert json.loads((dest / "reports/register.json").read_text())["version"] == 2
     metrics = run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], dest, env)
     assert "reports/curate.json" in metrics
     plots = run([sys.executable, "-m", "dvc", "plots", "show", "-o", "plots_html"], dest, env)
