@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from moepipe.remote import Remote, dvc_reason, failure_line, wait_watched
+
 USER_ERROR_PREFIX = "moepipe: error:"
 # sysexits.h EX_TEMPFAIL, "try again later": a stage that exits with it is retried even when it
 # also printed a `moepipe: error:` line (e.g. a source that stayed unreachable through the
@@ -71,6 +73,7 @@ class ProcessRun:
     stdout: list[str]
     stderr: list[str]
     seconds: float
+    stopped: str | None = None  # why a watch stopped it (wait_watched), if one did
 
 
 def command_env() -> dict[str, str]:
@@ -82,8 +85,9 @@ def command_env() -> dict[str, str]:
 
 
 def run_process(args: list[str] | str, cwd: Path, on_line: LineSink | None = None,
-                tail: int = 200) -> ProcessRun:
-    """Run a command (a shell string runs through the shell, as DVC runs `cmd:`), streaming lines."""
+                tail: int = 200, watch: Callable[[], str | None] | None = None) -> ProcessRun:
+    """Run a command (a shell string runs through the shell, as DVC runs `cmd:`), streaming lines.
+    WATCH, polled while it runs, can stop it by giving a reason (moepipe.remote.wait_watched)."""
     started = time.monotonic()
     process = subprocess.Popen(args, cwd=cwd, env=command_env(), shell=isinstance(args, str), text=True,
                                errors="replace", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -104,6 +108,7 @@ def run_process(args: list[str] | str, cwd: Path, on_line: LineSink | None = Non
     for reader in readers:
         reader.start()
     try:
+        stopped = wait_watched(process, watch)
         returncode = process.wait()
     except BaseException:
         process.kill()  # a cancelled flow must not leave a stage running behind it
@@ -113,12 +118,13 @@ def run_process(args: list[str] | str, cwd: Path, on_line: LineSink | None = Non
         for reader in readers:
             reader.join()
     return ProcessRun(args, returncode, list(kept["stdout"]), list(kept["stderr"]),
-                      time.monotonic() - started)
+                      time.monotonic() - started, stopped)
 
 
-def run_dvc(repo: Path, args: list[str], on_line: LineSink | None = None) -> ProcessRun:
+def run_dvc(repo: Path, args: list[str], on_line: LineSink | None = None,
+            watch: Callable[[], str | None] | None = None) -> ProcessRun:
     """`dvc ARGS` in REPO with this interpreter's DVC."""
-    return run_process([sys.executable, "-m", "dvc", *args], repo, on_line)
+    return run_process([sys.executable, "-m", "dvc", *args], repo, on_line, watch=watch)
 
 
 def _open_repo(repo: Path):
@@ -232,8 +238,14 @@ def dvc_failure(step: str, run: ProcessRun) -> StepFailed:
     return PermanentFailure(step, f"dvc: {reason}", lines[-1].strip() if lines else "")
 
 
-def transfer_failure(step: str, run: ProcessRun) -> StepFailed:
-    """A failed dvc pull/push: the remote exists (checked first), so the store or network failed."""
+def transfer_failure(step: str, run: ProcessRun, remote: Remote | None = None) -> StepFailed:
+    """A failed dvc pull/push: the remote exists (checked first), so the store or network failed.
+    With REMOTE, the reason is one line naming its endpoint (moepipe.remote.failure_line)."""
+    if run.stopped:
+        return StepFailed(step, run.stopped)
+    if remote is not None:
+        reason = failure_line(remote, run.stderr, run.returncode)
+        return StepFailed(step, reason, dvc_reason(run.stderr, run.returncode))
     lines = [line.strip() for line in run.stderr if line.strip()]
     errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
     reason = errors[-1] if errors else f"dvc exited with status {run.returncode}"

@@ -18,7 +18,11 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
+from moepipe.errors import TransientError, UserError
+from moepipe.remote import EndpointWatch, preflight, resolve as resolve_remote_endpoint
+
 from flows.dvc_stages import (
+    PermanentFailure,
     ProcessRun,
     StepFailed,
     command_failure,
@@ -110,6 +114,22 @@ def _dvc_step(repo: str, step: str, args: list[str], classify=transfer_failure) 
     return run
 
 
+def _transfer_step(repo: str, step: str, remote: str, args: list[str]) -> ProcessRun:
+    """dvc pull/push after a preflight of the remote's S3 endpoint, watched while it runs (seconds,
+    not DVC's retries of every file); any failure is one retryable line naming the endpoint."""
+    try:
+        target = resolve_remote_endpoint(Path(repo), remote)
+        preflight(target)
+    except TransientError as error:
+        raise _with_attempts(StepFailed(step, str(error))) from None
+    except UserError as error:
+        raise _with_attempts(PermanentFailure(step, str(error))) from None
+    run = run_dvc(Path(repo), args, _line_logger(), watch=EndpointWatch(target))
+    if run.returncode != 0:
+        raise _with_attempts(transfer_failure(step, run, target))
+    return run
+
+
 def _targets(targets: list[str] | None, with_deps: bool) -> list[str]:
     return [*(["--with-deps"] if with_deps and targets else []), *(targets or [])]
 
@@ -117,8 +137,8 @@ def _targets(targets: list[str] | None, with_deps: bool) -> list[str]:
 @task(name="dvc-pull", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def dvc_pull(repo: str, remote: str, targets: list[str] | None = None, with_deps: bool = False) -> dict[str, Any]:
     """`dvc pull`: outputs already in the remote; those not there yet (a first run) are skipped."""
-    run = _dvc_step(repo, "dvc pull", ["pull", "--remote", remote, "--allow-missing",
-                                       *_targets(targets, with_deps)])
+    run = _transfer_step(repo, "dvc pull", remote, ["pull", "--remote", remote, "--allow-missing",
+                                                    *_targets(targets, with_deps)])
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt(),
             "detail": _last_summary_line(run)}
 
@@ -126,7 +146,7 @@ def dvc_pull(repo: str, remote: str, targets: list[str] | None = None, with_deps
 @task(name="dvc-push", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def dvc_push(repo: str, remote: str, targets: list[str] | None = None, with_deps: bool = False) -> dict[str, Any]:
     """`dvc push`: every cached output of TARGETS (all stages by default) to the remote."""
-    run = _dvc_step(repo, "dvc push", ["push", "--remote", remote, *_targets(targets, with_deps)])
+    run = _transfer_step(repo, "dvc push", remote, ["push", "--remote", remote, *_targets(targets, with_deps)])
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt(),
             "detail": _last_summary_line(run)}
 

@@ -341,6 +341,38 @@ from moepipe.stack.cli import stack_app  # noqa: E402 - sub-app, kept next to wh
 
 app.add_typer(stack_app, name="stack")
 
+remote_app = typer.Typer(name="remote", no_args_is_help=True, help=(
+    "`dvc push` / `dvc pull` that first check the remote's S3 endpoint answers; a failure ends in one "
+    "line naming the endpoint and exit status 75 (try again later)."))
+app.add_typer(remote_app, name="remote")
+TargetsArgument = Annotated[list[str] | None, typer.Argument(help="DVC targets (default: everything)")]
+RemoteOption = Annotated[str | None, typer.Option("--remote", "-r", help="DVC remote (default: the default one)")]
+JobsOption = Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="parallel transfers")]
+RepoOption = Annotated[Path, typer.Option(help="the DVC project")]
+
+
+def _transfer(action: str, targets: list[str] | None, remote: str | None, jobs: int | None, repo: Path) -> None:
+    from moepipe.remote import transfer
+
+    try:
+        typer.echo(transfer(repo, action, remote, targets or (), jobs))
+    except UserError as error:
+        _fail(str(error), error.exit_code)
+
+
+@remote_app.command("push")
+def remote_push(targets: TargetsArgument = None, remote: RemoteOption = None, jobs: JobsOption = None,
+                repo: RepoOption = Path(".")) -> None:
+    """Push cached outputs to the DVC remote (a retry sends only what has not arrived)."""
+    _transfer("push", targets, remote, jobs, repo)
+
+
+@remote_app.command("pull")
+def remote_pull(targets: TargetsArgument = None, remote: RemoteOption = None, jobs: JobsOption = None,
+                repo: RepoOption = Path(".")) -> None:
+    """Pull outputs from the DVC remote into the cache and the workspace."""
+    _transfer("pull", targets, remote, jobs, repo)
+
 
 @app.command("check-params")
 def check_params(params: ParamsOption = Path("params.yaml")) -> None:

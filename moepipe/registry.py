@@ -19,6 +19,9 @@ version is marked complete (`moepipe.complete`) only after all its files and met
 place. A failed registration deletes its version; one killed outright leaves an incomplete version
 that never counts as a candidate and that the next registration of the same generator removes
 (embedded store only: with a shared server it might be another process's work in progress).
+When storing artifacts fails because S3 is down (behind the MLflow server, or in front of this
+client), `register` ends in one line naming the endpoint, a TransientError: the CLI exits 75 and
+the flows retry (moepipe/tracking.py: artifact_store_failure).
 
 Idempotent: the generator's sha256 identifies a registration. Registering the same generator.pt
 again creates no run or version; it re-checks the decision with the current gates and champion
@@ -283,7 +286,7 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
 
     from mlflow import MlflowClient
 
-    from moepipe.tracking import log_new_version
+    from moepipe.tracking import artifact_store_failure, log_new_version
     from moepipe.modelcard import data_card, generator_summary, model_card
     from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
 
@@ -303,11 +306,17 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
                 client.delete_model_version(cfg.model_name, existing.version)
         reused = version is not None
         if version is None:
-            version = log_new_version(
-                client, cfg, experiment_id, generator=generator, fingerprint=fingerprint, metrics=metrics,
-                tags=tags, summary=summary, params=flat_params(params), evaluate_dir=Path(evaluate_dir),
-                train_reports=Path(train_reports), metrics_json=Path(metrics_json), data_reports=Path(data_reports),
-                artifacts={"classifier": classifier, "directions": directions})
+            try:
+                version = log_new_version(
+                    client, cfg, experiment_id, generator=generator, fingerprint=fingerprint, metrics=metrics,
+                    tags=tags, summary=summary, params=flat_params(params), evaluate_dir=Path(evaluate_dir),
+                    train_reports=Path(train_reports), metrics_json=Path(metrics_json),
+                    data_reports=Path(data_reports), artifacts={"classifier": classifier, "directions": directions})
+            except Exception as error:
+                failure = artifact_store_failure(error, tracking_uri)  # one line; the CLI exits 75
+                if failure is None:
+                    raise
+                raise failure from error
         logged = dict(client.get_run(version.run_id).data.metrics)
         changed = sorted(k for k, v in metrics.items() if k in logged and not math.isclose(v, logged[k], rel_tol=1e-9))
         if reused and changed:

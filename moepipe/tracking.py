@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 
 from moepipe.config import RegisterConfig
+from moepipe.errors import TransientError
 from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG
 
 MODEL_NAME_IN_RUN = "generator"
@@ -114,3 +115,52 @@ def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: st
                 pass
         raise
     return client.get_model_version(cfg.model_name, created.version)
+
+
+
+def _endpoint_in(error: BaseException) -> str | None:
+    """scheme://host:port of the S3 URL a botocore connection error (or its cause) names."""
+    from urllib.parse import urlsplit
+
+    seen = error
+    while seen is not None:
+        url = getattr(seen, "kwargs", {}).get("endpoint_url")
+        if url:
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.netloc}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def artifact_store_failure(error: BaseException, tracking_uri: str,
+                           environ: Mapping[str, str] | None = None) -> TransientError | None:
+    """One line for a failure to store artifacts (S3 down behind the MLflow server, or in front of
+    this client when it writes to S3 itself), else None. The server answers only HTTP 500 or drops
+    the connection, so the S3 endpoint that the environment names (MLFLOW_S3_ENDPOINT_URL,
+    AWS_ENDPOINT_URL) is probed to say which store is down."""
+    import os
+
+    from mlflow.exceptions import MlflowException
+
+    from moepipe.stack.health import probe_s3_endpoint, s3_transport_reason
+
+    environ = os.environ if environ is None else environ
+    after = "no model version was completed; run register again once it is back"
+    direct = _endpoint_in(error)
+    if direct is not None:
+        return TransientError(f"artifact store S3 endpoint {direct} is unreachable: "
+                              f"{s3_transport_reason(error)}; {after}")
+    if not (isinstance(error, MlflowException) and "/mlflow-artifacts/" in str(error)):
+        return None
+    from moepipe.registry import redact
+
+    server = f"MLflow server {redact(tracking_uri)}"
+    endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL")
+    reason = probe_s3_endpoint(endpoint) if endpoint else None
+    if reason is not None:
+        return TransientError(f"{server} could not store artifacts: its artifact store, S3 endpoint "
+                              f"{endpoint}, is unreachable: {reason}; {after}")
+    text = str(error)
+    answer = "HTTP 500" if " 500" in text else "connection reset" if "reset" in text.lower() else "no answer"
+    return TransientError(f"{server} could not store artifacts ({answer}); its artifact store (S3) may be "
+                          f"down, see the server's log; {after}")

@@ -9,8 +9,9 @@ Output folder (rewritten whole on every run, so it is a pure function of its inp
     contact_kept.png         thumbnails of kept images
     contact_rejected.png     thumbnails of rejected images, captioned with the reason
 
-Per-image work (decode once, checks, face, crop, hash, write PNG) runs in a process pool; exact
-and near-duplicate removal is a sequential pass over the small results afterwards.
+Per-image work (decode once, checks, face, crop, hash, write PNG) runs in a process pool, or in
+whatever `examine_all` the caller passes (flows/curate_fanout.py: Dask workers); exact and
+near-duplicate removal is a sequential pass over the small results afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -210,6 +211,11 @@ def _run_pool(paths: list[Path], out: Path, cfg: CurateConfig, workers: int) -> 
         yield from pool.map(work, paths, chunksize=chunk)
 
 
+# (raw files, output folder, config) -> one Outcome per file, in order, each passed crop stored
+# as out/images/<sha256>.png (and its view, see Outcome) exactly as `examine` stores it.
+Examiner = Callable[[list[Path], Path, CurateConfig], list[Outcome]]
+
+
 def _examine_all(jobs: list[Path], out: Path, cfg: CurateConfig, workers: int) -> list[Outcome]:
     """One Outcome per job, in job order, with a progress bar."""
     outcomes: list[Outcome] = []
@@ -231,8 +237,11 @@ def _duplicate_detail(why: Duplicate[int], position: int, compare: _PixelCompare
     return f"pHash distance {why.distance}{pixels}"
 
 
-def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Path, out: Path) -> CurateReport:
-    """Check, deduplicate, crop and label every post of `raw` into `out`; returns the counts."""
+def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Path, out: Path,
+           examine_all: Examiner | None = None) -> CurateReport:
+    """Check, deduplicate, crop and label every post of `raw` into `out`; returns the counts.
+
+    `examine_all` runs the per-image work elsewhere (default: a local pool of cfg.workers)."""
     manifest_path = raw / "manifest.jsonl"
     if not raw.is_dir() or not manifest_path.is_file():
         raise UserError(f"curate: no raw data at {raw} (run `moepipe scrape` first)")
@@ -254,7 +263,10 @@ def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Pat
 
     started = time.perf_counter()
     jobs = [raw / records[p]["file"] for p in first_of_sha.values()]
-    outcomes = dict(zip(first_of_sha, _examine_all(jobs, out, cfg, workers)))
+    examined = examine_all(jobs, out, cfg) if examine_all else _examine_all(jobs, out, cfg, workers)
+    if len(examined) != len(jobs):
+        raise RuntimeError(f"curate: {len(examined)} outcomes for {len(jobs)} files")  # a bug of examine_all
+    outcomes = dict(zip(first_of_sha, examined))
     primaries = sorted(first_of_sha.values())
     passed = {p: outcomes[records[p]["sha256"]] for p in primaries
               if outcomes[records[p]["sha256"]].reason is None}

@@ -54,20 +54,51 @@ def probe_prefect(api_url: str, timeout_s: float = TIMEOUT_S) -> str | None:
 def probe_s3(endpoint: str | None, access_key: str, secret_key: str, buckets: Sequence[str] = (),
              timeout_s: float = TIMEOUT_S) -> str | None:
     """None if the S3 endpoint accepts the keys and holds every bucket in `buckets`."""
-    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     client = s3_client(endpoint, access_key, secret_key, timeout_s, read_timeout_s=timeout_s)
     try:
         names = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
     except ClientError as error:
         return f"S3 error {error.response.get('Error', {}).get('Code', '?')}"
-    except (ConnectTimeoutError, ReadTimeoutError):
-        return "no answer (timed out)"
     except (BotoCoreError, OSError) as error:
-        detail = str(getattr(error, "kwargs", {}).get("error", error))
-        return "connection refused" if "refused" in detail.lower() else f"cannot connect ({detail})"
+        return s3_transport_reason(error)
     missing = [bucket for bucket in buckets if bucket not in names]
     return f"bucket(s) missing: {', '.join(missing)}" if missing else None
+
+
+def probe_s3_endpoint(endpoint: str | None, timeout_s: float = TIMEOUT_S) -> str | None:
+    """None if something answers S3 requests at `endpoint` (None: AWS S3), else why not.
+
+    Sends one unsigned ListBuckets: no keys needed and none sent. An S3 error (AccessDenied) is an
+    answer; whether the keys and buckets are right is left to the real request to report."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from moepipe.stack.layout import REGION
+
+    config = Config(signature_version=UNSIGNED, connect_timeout=timeout_s, read_timeout=timeout_s,
+                    retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION, config=config)
+    try:
+        client.list_buckets()
+    except ClientError:
+        return None
+    except (BotoCoreError, OSError) as error:
+        return s3_transport_reason(error)
+    return None
+
+
+def s3_transport_reason(error: Exception) -> str:
+    """Why a botocore request got no S3 answer, in a few words."""
+    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+    if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
+        return "no answer (timed out)"
+    detail = str(getattr(error, "kwargs", {}).get("error", error))
+    return "connection refused" if "refused" in detail.lower() else f"cannot connect ({detail})"
 
 
 def s3_client(endpoint: str | None, access_key: str, secret_key: str, timeout_s: float = TIMEOUT_S,

@@ -4,6 +4,7 @@ S3 endpoint, with generated keys and the project's buckets."""
 from __future__ import annotations
 
 import json
+import time
 
 from moepipe.errors import UserError
 from moepipe.stack.health import probe_s3, s3_client
@@ -86,3 +87,30 @@ def ensure_buckets(endpoint: str | None, credentials: Credentials, region: str =
 
 def probe_buckets(endpoint: str, credentials: Credentials) -> str | None:
     return probe_s3(endpoint, credentials.access_key, credentials.secret_key, BUCKETS)
+
+
+def wait_until_serving(endpoint: str, credentials: Credentials, bucket: str,
+                       timeout_s: float = START_TIMEOUT_S) -> str | None:
+    """Wait until an object can be written to `bucket` and read back; None then, else the last error.
+
+    After a start the gateway answers (ListBuckets) before the volume server has registered with
+    the master, and until then it fails GETs and PUTs with InternalError."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = s3_client(endpoint, credentials.access_key, credentials.secret_key, read_timeout_s=10)
+    key = ".moepipe-stack-ready"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"ready")
+            if client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"ready":
+                client.delete_object(Bucket=bucket, Key=key)
+                return None
+            reason = "an object read back differs from the one written"
+        except ClientError as error:
+            reason = f"S3 error {error.response.get('Error', {}).get('Code', '?')}"
+        except (BotoCoreError, OSError) as error:
+            reason = str(error)
+        if time.monotonic() > deadline:
+            return reason
+        time.sleep(0.25)

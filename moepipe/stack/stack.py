@@ -14,8 +14,8 @@ from pathlib import Path
 
 from moepipe.errors import UserError
 from moepipe.stack import mlflow_server, prefect_server, seaweedfs
-from moepipe.stack.layout import (PREFECT_SERVER, PREFECT_WORKER, SEAWEEDFS, SERVICES, Ports, StateDir,
-                                  client_env, port_in_use, read_env_file, read_ports, urls,
+from moepipe.stack.layout import (DVC_BUCKET, PREFECT_SERVER, PREFECT_WORKER, SEAWEEDFS, SERVICES, Ports,
+                                  StateDir, client_env, port_in_use, read_env_file, read_ports, urls,
                                   write_env_file)
 from moepipe.stack.process import ProcessRecord, exit_status, is_running, launch, stop
 from moepipe.stack.service import Credentials, ServiceSpec
@@ -100,6 +100,8 @@ class Stack:
                 reports |= self._start(first, started)
                 address = urls(ports)
                 seaweedfs.ensure_buckets(address["s3"], credentials)
+                if SEAWEEDFS in to_start:
+                    self._wait_until_serving(address["s3"], credentials)
                 prefect_server.ensure_work_pool(address["prefect_api"])
                 prefect_server.ensure_repo_limit(address["prefect_api"])
                 if PREFECT_WORKER in to_start:
@@ -114,6 +116,12 @@ class Stack:
                 reports[first_running] = _with_detail(
                     reports[first_running], "kept the ports of the running stack; `down` first to change them")
             return [reports[name] for name in SERVICES]
+
+    def _wait_until_serving(self, endpoint: str, credentials: Credentials) -> None:
+        reason = seaweedfs.wait_until_serving(endpoint, credentials, DVC_BUCKET)
+        if reason is not None:
+            raise StackError(f"{SEAWEEDFS} at {endpoint} answers but stores no object within "
+                             f"{seaweedfs.START_TIMEOUT_S:.0f} s ({reason}); see {self.state.log(SEAWEEDFS)}")
 
     def _spec(self, name: str, ports: Ports, credentials: Credentials) -> ServiceSpec:
         if name == SEAWEEDFS:
@@ -182,6 +190,19 @@ class Stack:
             return [ServiceReport(name, "stopped" if stopped.get(name) else "not running",
                                   pid=records[name].pid if stopped.get(name) else None)
                     for name in SERVICES]
+
+    def stop(self, name: str) -> ServiceReport:
+        """Stop one service that `up` started and leave the others running; `up` starts it again
+        on the same ports (with its data). Tests use it to take a server away from its clients."""
+        if name not in SERVICES:
+            raise StackError(f"no service named {name!r} (services: {', '.join(SERVICES)})")
+        if not self.state.run.is_dir():
+            return ServiceReport(name, "not running")
+        with self._lock():
+            record = self.record(name)
+            stopped = record is not None and self._stop_all([record])[0]
+            return ServiceReport(name, "stopped" if stopped else "not running",
+                                 pid=record.pid if stopped else None)
 
     def status(self) -> list[ServiceReport]:
         """One report per service: `up` only if its process runs *and* it answers its probe."""

@@ -135,7 +135,11 @@ def test_committed_dvc_remote_has_no_endpoint_and_no_keys():
     [section] = [name for name in config.sections() if name.strip("'") == f'remote "{DVC_REMOTE}"']
     remote = config[section]
     assert remote["url"] == DVC_REMOTE_URL
-    assert set(remote) == {"url"}  # endpointurl and keys come from the environment or config.local
+    # endpointurl and keys come from the environment or config.local. The timeouts are set because
+    # dvc-s3 passes unset ones to botocore as None, "no timeout": a push could then wait forever
+    # for an S3 server that went away in the middle of a request.
+    assert set(remote) == {"url", "connect_timeout", "read_timeout"}
+    assert 0 < float(remote["connect_timeout"]) <= 30 and 0 < float(remote["read_timeout"]) <= 120
 
 
 def test_start_up_failures_name_the_service_and_its_log(tmp_path):
