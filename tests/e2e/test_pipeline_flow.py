@@ -210,6 +210,19 @@ def test_incremental_scrape_of_the_fixed_source_finds_nothing_new(built):
     assert "scrape" not in dvc(built, "status", "scrape")  # same data/raw: nothing to rebuild
 
 
+def wait_for_scheduled_run(client, deployment_id, timeout_s: float = 120.0):
+    """The first flow run that Prefect's scheduler created for the deployment."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        if runs:
+            return min(runs, key=lambda run: run.expected_start_time)
+        assert time.monotonic() < deadline, "the scheduler created no run of the interval deployment"
+        time.sleep(1)
+
+
 def wait_for_final_state(client, flow_run_id, timeout_s: float = 300.0):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -241,8 +254,16 @@ def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(buil
             assert {"repo", "params", "stages", "pull", "push", "remote", "train_on"} <= set(
                 retrain.parameter_openapi_schema["properties"])
 
-            # The stack's process worker runs a scrape in the checkout the pull step enters.
-            flow_run = client.create_flow_run_from_deployment(scrape.id)
+            # A short interval schedule: Prefect's scheduler creates the run, and the stack's process
+            # worker runs it in the checkout the pull step enters, within a bounded time.
+            from datetime import timedelta
+
+            from prefect.client.schemas.schedules import IntervalSchedule
+
+            client.create_deployment_schedules(scrape.id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)])
+            flow_run = wait_for_scheduled_run(client, scrape.id)
+            assert flow_run.auto_scheduled  # made by the scheduler, not by this test
+            client.pause_deployment(scrape.id)  # one scheduled run is the point; no more
             flow_run = wait_for_final_state(client, flow_run.id)
             assert flow_run.state.is_completed(), flow_run.state
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
