@@ -210,26 +210,19 @@ def test_incremental_scrape_of_the_fixed_source_finds_nothing_new(built):
     assert "scrape" not in dvc(built, "status", "scrape")  # same data/raw: nothing to rebuild
 
 
-def wait_for_scheduled_run(client, deployment_id, timeout_s: float = 120.0):
-    """The first flow run that Prefect's scheduler created for the deployment."""
+def wait_for_scheduled_run(client, deployment_id, timeout_s: float = 300.0):
+    """A run of the deployment, created by Prefect's scheduler, in a final state (the first to get
+    there: a run whose slot passed while nobody polled may be skipped for the next one)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     deadline = time.monotonic() + timeout_s
     while True:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-        if runs:
-            return min(runs, key=lambda run: run.expected_start_time)
-        assert time.monotonic() < deadline, "the scheduler created no run of the interval deployment"
-        time.sleep(1)
-
-
-def wait_for_final_state(client, flow_run_id, timeout_s: float = 300.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        flow_run = client.read_flow_run(flow_run_id)
-        if flow_run.state is not None and flow_run.state.is_final():
-            return flow_run
-        assert time.monotonic() < deadline, f"flow run still {flow_run.state}"
+        final = [run for run in runs if run.state is not None and run.state.is_final()]
+        if final:
+            return min(final, key=lambda run: run.expected_start_time)
+        states = [(str(run.expected_start_time), run.state.name if run.state else None) for run in runs]
+        assert time.monotonic() < deadline, f"no scheduled run of the deployment finished: {states}"
         time.sleep(2)
 
 
@@ -256,15 +249,18 @@ def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(buil
 
             # A short interval schedule: Prefect's scheduler creates the run, and the stack's process
             # worker runs it in the checkout the pull step enters, within a bounded time.
-            from datetime import timedelta
+            # Every 60 s, anchored so the first run falls due ~5 s from now and the next one long
+            # after this test has paused the deployment (pausing deletes runs not yet started).
+            from datetime import datetime, timedelta, timezone
 
             from prefect.client.schemas.schedules import IntervalSchedule
 
-            client.create_deployment_schedules(scrape.id, [(IntervalSchedule(interval=timedelta(seconds=5)), True)])
+            anchor = datetime.now(timezone.utc) - timedelta(seconds=55)
+            schedule = IntervalSchedule(interval=timedelta(seconds=60), anchor_date=anchor)
+            client.create_deployment_schedules(scrape.id, [(schedule, True)])
             flow_run = wait_for_scheduled_run(client, scrape.id)
             assert flow_run.auto_scheduled  # made by the scheduler, not by this test
-            client.pause_deployment(scrape.id)  # one scheduled run is the point; no more
-            flow_run = wait_for_final_state(client, flow_run.id)
+            client.pause_deployment(scrape.id)
             assert flow_run.state.is_completed(), flow_run.state
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
