@@ -168,3 +168,11 @@ def test_precision_recall_compares_sets_of_one_size() -> None:
     precision, recall = _precision_recall(real, fake, 3, np.random.default_rng(0))
     # 1000 fakes have tight k-NN balls that miss reals by sample size alone; equal sizes do not.
     assert recall > unequal_recall + 0.1 and abs(precision - recall) < 0.1
+
+
+def test_classifier_stage_writes_identical_bytes_when_run_again(prepared16: Path, models, tmp_path: Path) -> None:
+    again = tmp_path / "classifier.pt"
+    report = classifier_stage(CFG, 0, prepared16, again)
+    assert "train_seconds" in report  # for the command's summary line, not for the files
+    assert again.read_bytes() == models["classifier"].read_bytes()  # stable DVC hash of identical runs
+    assert report_path(again).read_bytes() == report_path(models["classifier"]).read_bytes()
