@@ -191,8 +191,11 @@ def generate(
              "runs:/RUN_ID/PATH")] = "models/generator.pt",
     directions: Annotated[Path | None, typer.Option(
         help="edit directions for an unconditional model (default: directions.npz beside a generator.pt)")] = None,
-    attributes: Annotated[str, typer.Option(help="comma-separated tags, e.g. blue_hair,smile")] = "",
-    n: Annotated[int, typer.Option("--n", "-n", help="avatars to draw; avatar i uses seed SEED + i")] = 16,
+    attributes: Annotated[str, typer.Option(
+        help="comma-separated tags, e.g. blue_hair,smile; a conditional model draws the groups left out "
+             "from its training data's label frequencies, fixed by each avatar's seed")] = "",
+    n: Annotated[int, typer.Option("--n", "-n", help="avatars (with --vary: rows) to draw; avatar i uses "
+                                                      "seed SEED + i")] = 16,
     seed: Annotated[int, typer.Option(help="seed of the first avatar")] = 0,
     truncation: Annotated[float, typer.Option(help="psi: 1 = full variety, toward 0 = more typical")] = 1.0,
     out: Annotated[Path | None, typer.Option(
@@ -202,11 +205,16 @@ def generate(
     interpolate: Annotated[int | None, typer.Option(
         help="draw an interpolation strip from SEED to this seed instead of a grid", metavar="SEED_B")] = None,
     steps: Annotated[int, typer.Option(help="avatars in the interpolation strip")] = 8,
+    vary: Annotated[str | None, typer.Option(
+        help="an attribute group, e.g. hairstyle: one grid row per seed, one column per value of the group, "
+             "all other attributes fixed along a row (conditional models)", metavar="GROUP")] = None,
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Draw avatars with chosen attributes from a generator file or a registered MLflow model.
 
-    Every PNG carries tEXt metadata: model, seed, attributes, truncation.
+    A grid of seeds SEED, SEED+1, ...; a strip (--interpolate); or a group swept per seed (--vary).
+    Groups the attributes leave out are drawn from the model's label prior, fixed by the seed.
+    Every PNG carries tEXt: model, seed, attributes (as asked), drawn_attributes, truncation.
     MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
     """
     try:
@@ -217,7 +225,8 @@ def generate(
             tracking_uri = (load_params(params) if Path(params).is_file() else Params()).registry.tracking_uri
         avatars = open_avatars(model, directions, tracking_uri)
         summary = write_pictures(avatars, model, out=out, singles=singles, n=n, seed=seed, attributes=attributes,
-                                 truncation=truncation, columns=columns, interpolate_to=interpolate, steps=steps)
+                                 truncation=truncation, columns=columns, interpolate_to=interpolate, steps=steps,
+                                 vary=vary)
     except UserError as error:
         _fail(str(error), error.exit_code)
     typer.echo(summary)

@@ -12,6 +12,12 @@ and asking for the tag moves z along n until its signed distance n.z + b reaches
 `moepipe.edits` learns the boundaries. DCGAN truncation scales z toward the prior's mode
 before the edit, so an edited avatar still lands at the edit distance whatever psi is;
 StyleGAN truncation acts later, in w, and pulls edits toward the average face as well.
+
+A conditional model never sees an empty label group: every group a request leaves out is drawn
+from the model's label prior (how often each value occurred in its training data; uniform for
+files that recorded none), from a random stream of the avatar's seed alone. So the same seed and
+request give the same avatar whatever else is drawn, and asking for one group (or sweeping it
+with `vary`) leaves the other groups' draws where they were.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 
 from moepipe.errors import UserError
+from moepipe.models.attributes import AttributeLayout, Group
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
+HEADER_HEIGHT = 14  # px of the column-header band of `grid`
+FILL_STREAM = 0x6D6F65  # second rng seed word of label fills: a stream apart from any other use of the seed
 
 
 @dataclass
@@ -67,10 +76,13 @@ class AvatarModel:
                  directions: Directions | None = None) -> None:
         self.generator = generator.eval()
         if not hasattr(generator, "synthesis"):
-            # DCGAN's transposed convs run ~1.3x faster channels-last on CPU (oneDNN); pixels
-            # match the contiguous layout but for a rare ±1 rounding (4e-6 of values measured).
+            # DCGAN's convs run faster channels-last on CPU (oneDNN). Pixels can differ from the
+            # contiguous layout by a rare ±1 rounding, so every path draws through this one module.
             self.generator = generator.to(memory_format=torch.channels_last)
         self.meta = {k: v for k, v in meta.items() if k != "state_dict"}
+        self.layout = AttributeLayout(self.meta.get("groups") or {}, self.vocabulary)
+        # Files before format 2 recorded no prior: their fills are uniform.
+        self.label_prior = dict(self.meta.get("label_prior") or {}) or self.layout.uniform_prior()
         self.directions = directions if not self.conditional else None
         # Where a registered model came from (model_name, model_version, run_id), for PNG text.
         self.provenance: dict[str, str] = {}
@@ -139,6 +151,52 @@ class AvatarModel:
                 raise UserError(f"attributes {chosen[0]!r} and {chosen[1]!r} are both {name}; pick one")
         return list(dict.fromkeys(tags))
 
+    # -- filling and varying label groups ------------------------------------------------------
+    def complete_attributes(self, tags: Sequence[str], seed: int) -> list[str]:
+        """`tags` plus a prior draw for every group they leave out, from `seed` alone (vocabulary order).
+
+        Zero labels in a group were never seen in training (every real avatar has a hair colour),
+        so an unnamed group is sampled instead. Unconditional models get `tags` back unchanged.
+        """
+        if not self.conditional:
+            return list(tags)
+        rng = np.random.default_rng([int(seed) % 2**63, FILL_STREAM])
+        chosen = set(self.layout.complete(list(tags), self.label_prior, rng))
+        return [tag for tag in self.vocabulary if tag in chosen]
+
+    def requests(self, seeds: Sequence[int], tags: Sequence[str]) -> list[list[str]]:
+        """The full label set each seed is drawn with when `tags` are asked for."""
+        return [self.complete_attributes(tags, seed) for seed in seeds]
+
+    def varied_group(self, name: str, tags: Sequence[str] = ()) -> Group:
+        """The attribute group `vary` sweeps; a UserError if it cannot be swept with `tags` asked."""
+        if not self.conditional:
+            raise UserError("--vary needs a conditional model; this one takes no attribute labels")
+        group = next((g for g in self.layout.groups if g.name == name), None)
+        if group is None:
+            known = ", ".join(g.name for g in self.layout.groups) or "none"
+            raise UserError(f"unknown attribute group {name!r}; groups: {known}")
+        named = [tag for tag in tags if tag in group.tags]
+        if named:
+            raise UserError(f"--attributes names {named[0]!r}, a {name} value; "
+                            f"--vary {name} draws each {name} in turn")
+        return group
+
+    def variations(self, seeds: Sequence[int], name: str,
+                   tags: Sequence[str] = ()) -> tuple[list[str], list[list[str]]]:
+        """(value names, label sets): for each seed, one set per value of group `name`, seed by seed.
+
+        A row keeps the seed's fill of every other group (the fill draws the swept group too, so
+        its value never shifts the others); a multi group's values are "none" and each tag alone.
+        """
+        group = self.varied_group(name, tags)
+        values = ([[]] if group.multi else []) + [[tag] for tag in group.tags]
+        rows = []
+        for full in self.requests(seeds, tags):
+            others = [tag for tag in full if tag not in group.tags]
+            rows += [[tag for tag in self.vocabulary if tag in {*others, *value}] for value in values]
+        return [value[0] if value else "none" for value in values], rows
+
     # -- drawing -------------------------------------------------------------------------------
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
         """(N, z_dim) float32: row i is N(0, I) drawn from seed i alone."""
@@ -172,7 +230,13 @@ class AvatarModel:
     @torch.inference_mode()
     def render(self, z: torch.Tensor, attributes: Sequence[Sequence[str]] | None = None,
                truncation: float | Sequence[float] = 1.0, batch_size: int = 64) -> np.ndarray:
-        """z (N, z_dim), one tag list per row -> (N, R, R, 3) uint8 RGB."""
+        """z (N, z_dim), one tag list per row (drawn as given, no fill) -> (N, R, R, 3) uint8 RGB.
+
+        Each avatar gets a forward pass of its own: BLAS and oneDNN pick kernels, and so summation
+        orders, by batch shape (one row runs a GEMV, a few rows another conv algorithm), and the
+        ~1e-6 differences flip a uint8 now and then. Alone, a seed's pixels never depend on its
+        batch; on CPU it costs nothing (conv-bound). `batch_size` avatars go to the device at once.
+        """
         n = z.shape[0]
         attributes = list(attributes) if attributes is not None else [[] for _ in range(n)]
         psi = torch.as_tensor(truncation, dtype=torch.float32).expand(n).clone() if n else torch.zeros(0)
@@ -187,25 +251,40 @@ class AvatarModel:
             part = slice(start, start + batch_size)
             zb, pb = z[part].to(self.device), psi[part].to(self.device)
             lb = labels[part].to(self.device) if labels is not None else None
-            if stylegan:
-                images = self.generator(zb, lb, truncation_psi=pb, noise_mode="const")
-            else:
-                images = self.generator(zb, lb)
-            out[part] = to_uint8(images)
+            rows = [self._forward(zb[i:i + 1], pb[i:i + 1], lb[i:i + 1] if lb is not None else None, stylegan)
+                    for i in range(zb.shape[0])]
+            out[part] = to_uint8(torch.cat(rows))
         return out
+
+    def _forward(self, z: torch.Tensor, psi: torch.Tensor, labels: torch.Tensor | None,
+                 stylegan: bool) -> torch.Tensor:
+        if stylegan:
+            return self.generator(z, labels, truncation_psi=psi, noise_mode="const")
+        return self.generator(z, labels)
 
     def draw(self, seeds: Sequence[int], attributes: Sequence[str] | str | None = None,
              truncation: float = 1.0) -> np.ndarray:
-        """The avatars of `seeds`, all with the same attributes: (N, R, R, 3) uint8."""
+        """The avatars of `seeds`, all asked for the same attributes, the rest filled per seed: (N, R, R, 3)."""
         tags = self.parse_attributes(attributes)
-        return self.render(self.latents(seeds), [tags] * len(seeds), truncation)
+        return self.render(self.latents(seeds), self.requests(seeds, tags), truncation)
 
     def interpolate(self, seed_a: int, seed_b: int, steps: int, attributes: Sequence[str] | str | None = None,
                     truncation: float = 1.0) -> np.ndarray:
-        """`steps` avatars on the spherical path from seed_a's latent to seed_b's: (steps, R, R, 3)."""
-        tags = self.parse_attributes(attributes)
+        """`steps` avatars on the spherical path from seed_a's latent to seed_b's: (steps, R, R, 3).
+
+        The whole strip has seed_a's label fill, so only the latent changes along it.
+        """
+        tags = self.complete_attributes(self.parse_attributes(attributes), seed_a)
         a, b = self.latents([seed_a, seed_b])
         return self.render(slerp(a, b, torch.linspace(0, 1, steps)), [tags] * steps, truncation)
+
+    def vary(self, seeds: Sequence[int], group: str, attributes: Sequence[str] | str | None = None,
+             truncation: float = 1.0) -> np.ndarray:
+        """For each seed, its avatar with every value of `group` (see `variations`): (N * values, R, R, 3)."""
+        tags = self.parse_attributes(attributes)
+        names, requests = self.variations(seeds, group, tags)
+        z = self.latents(seeds).repeat_interleave(len(names), dim=0)
+        return self.render(z, requests, truncation)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -226,18 +305,24 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def grid(images: np.ndarray, columns: int, captions: Sequence[str] | None = None,
-         caption_width: int = 150, gap: int = 2) -> Image.Image:
-    """Tile (N, R, R, 3) uint8 into rows of `columns`; optional caption per row on the left."""
+         caption_width: int = 150, gap: int = 2, headers: Sequence[str] | None = None) -> Image.Image:
+    """Tile (N, R, R, 3) uint8 into rows of `columns`; optional caption per row on the left and
+    header per column on top (cut to the tile's width, so a long tag cannot run into the next)."""
     n, size = len(images), images.shape[1]
     rows = max(1, -(-n // columns))
-    left = caption_width if captions else 0
-    canvas = Image.new("RGB", (left + columns * (size + gap) - gap, rows * (size + gap) - gap), (255, 255, 255))
+    left, top = caption_width if captions else 0, HEADER_HEIGHT if headers else 0
+    canvas = Image.new("RGB", (left + columns * (size + gap) - gap, top + rows * (size + gap) - gap),
+                       (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i, tile in enumerate(images):
         r, c = divmod(i, columns)
-        canvas.paste(Image.fromarray(tile), (left + c * (size + gap), r * (size + gap)))
+        canvas.paste(Image.fromarray(tile), (left + c * (size + gap), top + r * (size + gap)))
     for r, caption in enumerate(captions or []):
-        draw.multiline_text((4, r * (size + gap) + 2), caption, fill=(40, 40, 40), spacing=1)
+        draw.multiline_text((4, top + r * (size + gap) + 2), caption, fill=(40, 40, 40), spacing=1)
+    for c, header in enumerate(headers or []):
+        while header and draw.textlength(header) > size:
+            header = header[:-1]
+        draw.text((left + c * (size + gap), 1), header, fill=(40, 40, 40))
     return canvas
 
 
@@ -305,14 +390,21 @@ def _load_logged_model(uri: str, tracking_uri: str | None) -> AvatarModel:
     return avatars
 
 
-def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, singles: Path | None = None,
-                   n: int = 16, seed: int = 0, attributes: str | None = None, truncation: float = 1.0,
-                   columns: int = 8, interpolate_to: int | None = None, steps: int = 8) -> str:
-    """Draw avatars seed, seed+1, ... (or an interpolation strip seed → interpolate_to) as PNGs.
+@dataclass
+class _Pictures:
+    """What `write_pictures` writes: avatars, their tiling, and the tEXt of the whole and of each."""
 
-    `out` gets one picture (grid or strip), `singles` one PNG per avatar; every PNG carries
-    tEXt model, seed, attributes and truncation. Returns a one-line summary.
-    """
+    images: np.ndarray
+    columns: int
+    whole: dict[str, str]
+    frames: list[tuple[dict[str, str], str]]  # (tEXt, file name) per avatar
+    what: str  # for the summary line
+    captions: list[str] | None = None
+    headers: list[str] | None = None
+
+
+def _check_options(n: int, columns: int, steps: int, truncation: float, interpolate_to: int | None,
+                   vary: str | None) -> None:
     if n < 1:
         raise UserError(f"--n must be at least 1 (got {n})")
     if columns < 1:
@@ -321,36 +413,104 @@ def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, single
         raise UserError(f"--steps must be at least 2 (got {steps})")
     if not 0 <= truncation <= 2:  # the range the served model accepts (moepipe/pyfunc.py)
         raise UserError(f"--truncation must be in [0, 2] (got {truncation:g})")
+    if vary is not None and interpolate_to is not None:
+        raise UserError("--vary and --interpolate draw different pictures; pick one")
+
+
+def _drawn(seeds: Sequence[int], requests: Sequence[Sequence[str]]) -> str:
+    """The label sets actually drawn, one line per avatar, for the tEXt of a whole picture."""
+    return "\n".join(f"{seed}: {','.join(full)}" for seed, full in zip(seeds, requests))
+
+
+def _seed_range(seeds: Sequence[int]) -> str:
+    return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+
+
+def _grid_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seeds: list[int],
+                   truncation: float, columns: int) -> _Pictures:
+    requests = avatars.requests(seeds, tags)
+    images = avatars.render(avatars.latents(seeds), requests, truncation)
+    whole = {**text, "seed": _seed_range(seeds), "drawn_attributes": _drawn(seeds, requests),
+             "comment": f"avatar i (row by row, {min(columns, len(seeds))} columns) has seed {seeds[0]} + i"}
+    frames = [({**text, "seed": str(s), "drawn_attributes": ",".join(full)}, f"avatar_{s:06d}.png")
+              for s, full in zip(seeds, requests)]
+    what = f"{len(seeds)} avatar(s), seeds {whole['seed']}"
+    return _Pictures(images, min(columns, len(seeds)), whole, frames, what)
+
+
+def _strip_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seed: int, seed_b: int,
+                    steps: int, truncation: float) -> _Pictures:
+    images = avatars.interpolate(seed, seed_b, steps, tags, truncation)
+    pair = {"seed": str(seed), "seed_b": str(seed_b),
+            "drawn_attributes": ",".join(avatars.complete_attributes(tags, seed))}
+    whole = {**text, **pair, "steps": str(steps)}
+    frames = [({**text, **pair, "t": f"{i / (steps - 1):.4g}"}, f"interpolation_{seed}_{seed_b}_{i:03d}.png")
+              for i in range(steps)]
+    return _Pictures(images, steps, whole, frames, f"interpolation {seed} → {seed_b} in {steps} steps")
+
+
+def _vary_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seeds: list[int],
+                   truncation: float, group: str) -> _Pictures:
+    names, requests = avatars.variations(seeds, group, tags)
+    images = avatars.vary(seeds, group, tags, truncation)
+    cells = [(s, j, name) for s in seeds for j, name in enumerate(names)]
+    whole = {**text, "seed": _seed_range(seeds), "vary": group, "values": ",".join(names),
+             "drawn_attributes": _drawn([s for s, _, _ in cells], requests),
+             "comment": f"row i has seed {seeds[0]} + i, column j {group} value j; all else fixed per row"}
+    frames = []
+    for (s, j, name), full in zip(cells, requests):
+        asked = tags + ([name] if name != "none" else [])
+        frames.append(({**text, "seed": str(s), "vary": group, "attributes": ",".join(asked),
+                        "drawn_attributes": ",".join(full)}, f"vary_{group}_{s:06d}_{j:02d}_{name}.png"))
+    what = f"{len(seeds)} seed(s) × {len(names)} {group} values, seeds {whole['seed']}"
+    return _Pictures(images, len(names), whole, frames, what, [f"seed {s}" for s in seeds], names)
+
+
+def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, singles: Path | None = None,
+                   n: int = 16, seed: int = 0, attributes: str | None = None, truncation: float = 1.0,
+                   columns: int = 8, interpolate_to: int | None = None, steps: int = 8,
+                   vary: str | None = None) -> str:
+    """Draw avatars seed, seed+1, ... (a grid), an interpolation strip seed → interpolate_to, or
+    for each seed one avatar per value of group `vary` (a grid: one row per seed) as PNGs.
+
+    `out` gets one picture, `singles` one PNG per avatar; every PNG carries tEXt model, seed,
+    attributes (as asked), drawn_attributes (with the groups left out filled) and truncation.
+    Returns a one-line summary.
+    """
+    _check_options(n, columns, steps, truncation, interpolate_to, vary)
     tags = avatars.parse_attributes(attributes)
     if out is None and singles is None:
         out = Path("avatars.png")
     text = {"model": model, **avatars.provenance, "attributes": ",".join(tags), "truncation": f"{truncation:g}",
             "software": "moepipe"}
-    if interpolate_to is None:
-        seeds = [seed + i for i in range(n)]
-        images = avatars.draw(seeds, tags, truncation)
-        whole = {**text, "seed": f"{seeds[0]}..{seeds[-1]}" if n > 1 else str(seed),
-                 "comment": f"avatar i (row by row, {min(columns, n)} columns) has seed {seed} + i"}
-        frames = [({**text, "seed": str(s)}, f"avatar_{s:06d}.png") for s in seeds]
-        layout, what = min(columns, n), f"{n} avatar(s), seeds {whole['seed']}"
+    seeds = [seed + i for i in range(n)]
+    if vary is not None:
+        pictures = _vary_pictures(avatars, text, tags, seeds, truncation, vary)
+    elif interpolate_to is not None:
+        pictures = _strip_pictures(avatars, text, tags, seed, interpolate_to, steps, truncation)
     else:
-        images = avatars.interpolate(seed, interpolate_to, steps, tags, truncation)
-        whole = {**text, "seed": str(seed), "seed_b": str(interpolate_to), "steps": str(steps)}
-        frames = [({**text, "seed": str(seed), "seed_b": str(interpolate_to), "t": f"{i / (steps - 1):.4g}"},
-                   f"interpolation_{seed}_{interpolate_to}_{i:03d}.png") for i in range(steps)]
-        layout, what = steps, f"interpolation {seed} → {interpolate_to} in {steps} steps"
+        pictures = _grid_pictures(avatars, text, tags, seeds, truncation, columns)
+    written = _write(pictures, out, singles)
+    shown = f" with {', '.join(tags)}" if tags else ""
+    return f"generate: {pictures.what}{shown} at truncation {truncation:g} → {'; '.join(written)}"
+
+
+def _write(pictures: _Pictures, out: Path | None, singles: Path | None) -> list[str]:
+    """Write the whole picture to `out` and each avatar into `singles`; what was written, for the summary."""
     from moepipe.images import atomic_write
 
     written = []
     try:
         if out is not None:
-            atomic_write(Path(out), png_bytes(grid(images, layout), whole))
+            width = max((len(c) for c in pictures.captions or []), default=0) * 6 + 8
+            picture = grid(pictures.images, pictures.columns, pictures.captions, width,
+                           headers=pictures.headers)
+            atomic_write(Path(out), png_bytes(picture, pictures.whole))
             written.append(str(out))
         if singles is not None:
-            for image, (meta, name) in zip(images, frames):
+            for image, (meta, name) in zip(pictures.images, pictures.frames):
                 atomic_write(Path(singles) / name, png_bytes(image, meta))
-            written.append(f"{len(frames)} file(s) in {singles}")
+            written.append(f"{len(pictures.frames)} file(s) in {singles}")
     except OSError as error:
         raise UserError(f"{error.filename or out or singles}: cannot write ({error.strerror or error})") from None
-    shown = f" with {', '.join(tags)}" if tags else ""
-    return f"generate: {what}{shown} at truncation {truncation:g} → {'; '.join(written)}"
+    return written

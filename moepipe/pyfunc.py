@@ -1,9 +1,11 @@
 """The MLflow pyfunc model: rows of (seed, attributes, truncation) -> base64 PNG avatars.
 
 Input rows: `seed` (long), `attributes` (comma-separated vocabulary tags, may be empty or
-missing), `truncation` (double psi in [0, 2], missing = 1.0). Output: a DataFrame with one
-column `image`, each cell a base64-encoded PNG whose tEXt chunks name the registered model and
-version, the seed, the attributes and the truncation.
+missing), `truncation` (double psi in [0, 2], missing = 1.0). A conditional model draws every
+attribute group a row leaves out from its label prior, by the row's seed (same row, same avatar;
+see moepipe/generate.py). Output: a DataFrame with one column `image`, each cell a base64-encoded
+PNG whose tEXt chunks name the registered model and version, the seed, the attributes as asked,
+the attributes drawn (`drawn_attributes`, with the fill) and the truncation.
 
 The registered version number reaches the PNGs honestly: the registry step creates the model
 version *before* it writes the model's files (the version's source is a pending MLflow
@@ -107,23 +109,26 @@ class AvatarGenerator(mlflow.pyfunc.PythonModel):
             except UserError as error:
                 raise MlflowException.invalid_parameter_value(f"row {i}: {error}") from None
             truncations.append(_truncation(psi, i))
-        images = self.avatars.render(self.avatars.latents(seeds), tags, truncations) if seeds else []
+        drawn = [self.avatars.complete_attributes(row_tags, seed) for row_tags, seed in zip(tags, seeds)]
+        images = self.avatars.render(self.avatars.latents(seeds), drawn, truncations) if seeds else []
         encoded = [
-            base64.b64encode(png_bytes(image, self._png_text(seed, row_tags, psi))).decode("ascii")
-            for image, seed, row_tags, psi in zip(images, seeds, tags, truncations)
+            base64.b64encode(png_bytes(image, self._png_text(seed, row_tags, full, psi))).decode("ascii")
+            for image, seed, row_tags, full, psi in zip(images, seeds, tags, drawn, truncations)
         ]
         return pd.DataFrame({"image": encoded})
 
-    def _png_text(self, seed: int, tags: list[str], truncation: float) -> dict[str, str]:
+    def _png_text(self, seed: int, tags: list[str], drawn: list[str], truncation: float) -> dict[str, str]:
         described = ", ".join(tags) if tags else "none"
+        filled = f" (drawn: {', '.join(drawn)})" if drawn != tags else ""
         return {
             "Software": "moepipe",
-            "Description": f"{self.model_name} v{self.model_version}: seed {seed}, attributes {described}, "
+            "Description": f"{self.model_name} v{self.model_version}: seed {seed}, attributes {described}{filled}, "
                            f"truncation {truncation:g}",
             "model_name": self.model_name,
             "model_version": self.model_version,
             "seed": str(seed),
             "attributes": ",".join(tags),
+            "drawn_attributes": ",".join(drawn),
             "truncation": f"{truncation:g}",
             "run_id": self.run_id,
             "generator_sha256": self.generator_sha256,

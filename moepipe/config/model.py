@@ -50,6 +50,11 @@ class TrainConfig(Strict):
     gp_weight: float = Field(default=10.0, ge=0)
     r1_gamma: float = Field(default=0.0, ge=0, description="lazy R1 weight; 0 = off")
     mode_seeking: float = Field(default=0.0, ge=0, description="MSGAN weight: variety per label set; 0 = off")
+    aux_weight: float = Field(default=1.0, ge=0, description="AC-GAN attribute loss weight (D on real, G on fake); 0 = off")
+    balanced_labels: bool = Field(default=True, description="fake batches ask for uniformly drawn attribute values")
+    block: Literal["upconv", "transposed"] = Field(
+        default="upconv", description="DCGAN generator body: upsample+conv with conditional BatchNorm, or the classic")
+    embed_dim: int = Field(default=32, ge=1, le=512, description="DCGAN label code size per attribute group")
     r1_interval: int = Field(default=16, ge=1)
     augment: str = Field(default="color,translation,cutout", description="DiffAugment policy; '' = none")
     ada: bool = Field(default=True, description="adapt the augmentation probability (ADA)")

@@ -22,7 +22,7 @@ from torch import nn
 
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
-from moepipe.evaluate.metrics import control_accuracy, group_columns, plain_groups
+from moepipe.evaluate.metrics import control_accuracy, group_columns, hidden_by, plain_groups
 from moepipe.images import atomic_write
 
 CLASSIFIER_FORMAT = "moepipe-attribute-classifier/1"
@@ -246,9 +246,17 @@ def train_classifier(train: PackedSet, val: PackedSet, epochs: int = 30, batch_s
                 schedule.step()
     classifier.eval()
     seconds = time.perf_counter() - started
-    scores = control_accuracy(classify(classifier, val.images), np.asarray(val.labels), groups, train.vocabulary)
+    predictions = classify(classifier, val.images)
+    scores = control_accuracy(predictions, np.asarray(val.labels), groups, train.vocabulary)
+    hidden = hidden_by(predictions, np.asarray(val.labels), groups, train.vocabulary)
+    # Accuracy where the group can be seen at all (not on images whose other tags hide it).
+    visible = {name: control_accuracy({name: predictions[name][mask]}, np.asarray(val.labels)[mask],
+                                      {name: groups[name]}, train.vocabulary)["groups"][name]
+               for name, mask in _visible_rows(np.asarray(val.labels), hidden, train.vocabulary).items()}
     report = {
         "accuracy": scores["groups"],
+        "hidden_by": hidden,
+        "accuracy_visible": visible,
         "overall": scores["overall"],
         "baseline": _baseline(train, val, groups, classifier.columns),
         "val_labelled": scores["n"],
@@ -262,6 +270,12 @@ def train_classifier(train: PackedSet, val: PackedSet, epochs: int = 30, batch_s
         "data_digest": data_digest(train, val),
     }
     return classifier, report
+
+
+def _visible_rows(labels: np.ndarray, hidden: Mapping[str, list[str]], vocabulary: list[str]) -> dict[str, np.ndarray]:
+    """{group: (N,) bool rows carrying none of the tags that hide it} for the groups in `hidden`."""
+    position = {tag: i for i, tag in enumerate(vocabulary)}
+    return {name: ~labels[:, [position[t] for t in tags]].any(axis=1) for name, tags in hidden.items()}
 
 
 def save_classifier(path: Path, classifier: AttributeClassifier, report: Mapping[str, Any]) -> None:

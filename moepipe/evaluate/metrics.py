@@ -212,3 +212,63 @@ def control_accuracy(predictions: Mapping[str, np.ndarray], requested: np.ndarra
     scored = [value for value in accuracy.values() if value is not None]
     return {"groups": accuracy, "n": counted, "tags": tags,
             "overall": float(np.mean(scored)) if scored else None}
+
+
+def edit_locality(base: Mapping[str, np.ndarray], edited: Mapping[str, np.ndarray], groups: Mapping[str, Any],
+                  edited_group: str) -> float | None:
+    """How often editing one attribute group leaves the classifier's reading of every other group alone.
+
+    base, edited: {group: (N, K) probabilities} from `features.classify` on N avatars and on the
+    same N avatars (same latents) drawn with only `edited_group` changed. Over the N × (groups − 1)
+    pairs (avatar, other group), the fraction read the same on both: a single-choice group keeps
+    its argmax, a multi group keeps the (p > 0.5) decision of every one of its tags. The edited
+    group itself is not scored (whether the edit took is control accuracy's business), so a
+    generator that ignores its labels altogether scores 1: read it next to control_accuracy.
+    None when there is nothing to score (no avatars, or no group but the edited one).
+    """
+    groups = plain_groups(groups)
+    if edited_group not in groups:
+        raise ValueError(f"edit_locality: unknown edited group {edited_group!r}; groups: {list(groups)}")
+    kept: list[np.ndarray] = []
+    for name, group in groups.items():
+        if name == edited_group:
+            continue
+        before, after = np.asarray(base[name], np.float64), np.asarray(edited[name], np.float64)
+        if before.shape != after.shape or before.ndim != 2 or before.shape[1] != len(group["tags"]):
+            raise ValueError(f"edit_locality: {name} predictions {before.shape} vs {after.shape}, "
+                             f"expected (N, {len(group['tags'])})")
+        if group["multi"]:
+            kept.append(((before > 0.5) == (after > 0.5)).all(axis=1))
+        else:
+            kept.append(before.argmax(axis=1) == after.argmax(axis=1))
+    if not kept or not kept[0].size:
+        return None
+    return float(np.concatenate(kept).mean())
+
+
+def hidden_by(predictions: Mapping[str, np.ndarray], labels: np.ndarray, groups: Mapping[str, Any],
+              vocabulary: list[str] | None = None, min_rows: int = 10, threshold: float = 0.5) -> dict[str, list[str]]:
+    """{group: tags of other groups that hide it}, read from a classifier's held-out predictions.
+
+    A tag hides a single-choice group when, on the (at least ``min_rows``) real images that carry
+    it, the classifier reads the group right less than ``threshold`` of the time although it is
+    labelled: closed eyes hide the eye colour. Such combinations cannot be scored, so control
+    accuracy and edit locality leave them out rather than blame the generator for them.
+    """
+    groups = plain_groups(groups)
+    columns = group_columns(groups, vocabulary)
+    vocabulary = vocabulary or [tag for group in groups.values() for tag in group["tags"]]
+    labels = np.asarray(labels) > 0
+    hidden: dict[str, list[str]] = {}
+    for name, group in groups.items():
+        if group["multi"]:
+            continue
+        asked = labels[:, columns[name]]
+        right = np.asarray(predictions[name]).argmax(axis=1) == asked.argmax(axis=1)
+        labelled = asked.sum(axis=1) == 1
+        own = set(columns[name].tolist())
+        tags = [vocabulary[j] for j in range(labels.shape[1]) if j not in own
+                and (labelled & labels[:, j]).sum() >= min_rows and right[labelled & labels[:, j]].mean() < threshold]
+        if tags:
+            hidden[name] = tags
+    return hidden

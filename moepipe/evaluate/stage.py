@@ -3,9 +3,10 @@
 `classifier_stage` trains the attribute classifier (features.py) on the prepared train split.
 `evaluate` draws avatars from generator.pt and compares them with the val split in that
 classifier's feature space (FD, KID, precision/recall), reads back the attributes it asked
-for (control accuracy), optionally adds standard FID from local Inception weights, and draws
-the report pictures. Every random choice comes from the global seed, so a re-run with the same
-params, files and thread count writes the same numbers.
+for (control accuracy), checks that changing one attribute leaves the classifier's reading of
+the others alone (edit locality), optionally adds standard FID from local Inception weights, and
+draws the report pictures. Every random choice comes from the global seed, so a re-run with the
+same params, files and thread count writes the same numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.linalg import LinAlgWarning
 
 from moepipe.config import EvaluateConfig
@@ -26,7 +28,9 @@ from moepipe.evaluate.features import (
     AttributeClassifier, classify, data_digest, extract, load_classifier, save_classifier, train_classifier,
 )
 from moepipe.evaluate.inception import inception_features, load_fid_inception
-from moepipe.evaluate.metrics import control_accuracy, fd_from_features, group_columns, kid, precision_recall
+from moepipe.evaluate.metrics import (
+    control_accuracy, edit_locality, fd_from_features, group_columns, kid, precision_recall,
+)
 from moepipe.evaluate.pictures import (
     INTERPOLATION_ROWS, SHEET_ROWS, attribute_sweep, interpolation_strips, sample_sheet,
 )
@@ -36,7 +40,7 @@ from moepipe.progress import progress_bar
 
 # Each use of randomness draws from its own stream of the global seed, so that changing, say,
 # control_samples leaves the scored samples alone.
-_SAMPLES, _CONTROL, _PICTURES, _KID, _PRECISION = 1, 2, 3, 4, 5
+_SAMPLES, _CONTROL, _PICTURES, _KID, _PRECISION, _LOCALITY = 1, 2, 3, 4, 5, 6
 
 
 def _rng(seed: int, purpose: int) -> np.random.Generator:
@@ -105,20 +109,35 @@ def _tags(vector: np.ndarray, vocabulary: list[str]) -> list[str]:
     return [vocabulary[j] for j in np.flatnonzero(vector)]
 
 
+def _hidden_columns(hidden: dict[str, list[str]], vocabulary: list[str], group: str | None = None) -> list[int]:
+    """Vocabulary columns of the tags that hide `group` (of any group when None); see metrics.hidden_by."""
+    tags = hidden.get(group, []) if group is not None else [t for ts in hidden.values() for t in ts]
+    return sorted({vocabulary.index(t) for t in tags if t in vocabulary})
+
+
+def _rows_without(labels: np.ndarray, columns: list[int]) -> np.ndarray:
+    """Indices of the label rows that carry none of `columns` (all rows if that leaves none)."""
+    free = np.flatnonzero(~labels[:, columns].astype(bool).any(axis=1)) if columns else np.arange(len(labels))
+    return free if len(free) else np.arange(len(labels))
+
+
 def _control_requests(labels: np.ndarray, groups: dict[str, dict[str, Any]], columns: dict[str, np.ndarray],
-                      per_value: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, slice]]:
+                      per_value: int, rng: np.random.Generator, hidden: dict[str, list[int]] | None = None
+                      ) -> tuple[np.ndarray, dict[str, slice]]:
     """Label vectors asking for each value of each group `per_value` times, and each group's rows.
 
     Every request starts from a real training label vector, so the attributes not under test
     stay as typical as in the data. A single-choice group's value replaces the group's own; a
     multi group's tag is asked for in `per_value` rows and asked to be absent in as many more,
-    so that drawing it always (or never) scores one half, not full marks.
+    so that drawing it always (or never) scores one half, not full marks. `hidden` ({group: label
+    columns that hide it}) keeps bases that would hide the group under test out of its requests.
     """
     blocks, rows, start = [], {}, 0
     for name, group in groups.items():
+        pool = _rows_without(labels, (hidden or {}).get(name, []))
         for column in columns[name]:
             for present in ((1, 0) if group["multi"] else (1,)):
-                block = labels[rng.integers(0, len(labels), per_value)].copy()
+                block = labels[pool[rng.integers(0, len(pool), per_value)]].copy()
                 if not group["multi"]:
                     block[:, columns[name]] = 0
                 block[:, column] = present
@@ -129,11 +148,17 @@ def _control_requests(labels: np.ndarray, groups: dict[str, dict[str, Any]], col
 
 
 def _control(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: AttributeClassifier,
-             labels: np.ndarray) -> dict[str, float]:
-    """Control accuracy: the classifier reads back the attributes the avatars were asked to have."""
+             labels: np.ndarray, hidden: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """Control accuracy: the classifier reads back the attributes the avatars were asked to have.
+
+    `hidden` ({group: tags that hide it}, from the classifier's report): a group is scored on
+    requests that leave it visible (eye colour with the eyes open).
+    """
     rng = _rng(seed, _CONTROL)
     groups, vocabulary = classifier.groups, classifier.vocabulary
-    requests, rows = _control_requests(labels, groups, group_columns(groups, vocabulary), cfg.control_samples, rng)
+    hiding = {name: _hidden_columns(hidden or {}, vocabulary, name) for name in groups}
+    requests, rows = _control_requests(labels, groups, group_columns(groups, vocabulary), cfg.control_samples,
+                                       rng, hiding)
     images = model.render(model.latents(_seeds(rng, len(requests))),
                           [_tags(v, vocabulary) for v in requests], cfg.truncation, cfg.batch_size)
     predictions = classify(classifier, images, cfg.batch_size)
@@ -145,6 +170,71 @@ def _control(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: Att
             scores[f"control_accuracy.{name}"] = score
     out = {"control_accuracy": float(np.mean(list(scores.values())))} if scores else {}
     return {**out, **scores, "n_control": len(requests)}
+
+
+def _locality_edits(labels: np.ndarray, groups: dict[str, dict[str, Any]], columns: dict[str, np.ndarray],
+                    count: int, rng: np.random.Generator, avoid: list[int] | None = None
+                    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{group: (base (count, L), edited (count, L))} label vectors that differ in that group alone.
+
+    Each base is a real training label vector. A single-choice group's edit asks for one value
+    the base does not have (at random) instead of the base's own; a multi group's edit toggles
+    one of its tags (at random). A single-choice group with one tag has nothing to change to and
+    is left out. `avoid` (label columns of tags that hide another group, such as closed eyes) is
+    kept out of bases and single-choice edit targets, so that every other group stays readable.
+    """
+    edits, avoid = {}, list(avoid or [])
+    pool = _rows_without(labels, avoid)
+    for name, group in groups.items():
+        cols = columns[name] if group["multi"] else np.setdiff1d(columns[name], avoid)
+        if not group["multi"] and len(cols) < 2:
+            continue
+        base = labels[pool[rng.integers(0, len(pool), count)]].copy()
+        edited = base.copy()
+        for row in range(count):
+            if group["multi"]:
+                column = cols[rng.integers(len(cols))]
+                edited[row, column] = 0 if base[row, column] else 1
+            else:
+                others = cols[base[row, cols] == 0]
+                column = rng.choice(others if len(others) else cols)
+                edited[row, columns[name]] = 0
+                edited[row, column] = 1
+        edits[name] = (base, edited)
+    return edits
+
+
+def _edit_locality(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: AttributeClassifier,
+                   labels: np.ndarray, hidden: dict[str, list[str]] | None = None) -> dict[str, float]:
+    """Edit locality: with the latent held, changing one attribute group leaves the others' readings.
+
+    For each group, `control_samples` avatars from real label sets are drawn again from the same
+    seeds with only that group changed (`_locality_edits`); `metrics.edit_locality` scores how
+    often the classifier reads every other group the same. Returns edit_locality.<group> and
+    their mean, edit_locality.
+    """
+    rng = _rng(seed, _LOCALITY)
+    groups, vocabulary = classifier.groups, classifier.vocabulary
+    edits = _locality_edits(labels, groups, group_columns(groups, vocabulary), cfg.control_samples, rng,
+                            _hidden_columns(hidden or {}, vocabulary))
+    if not edits:
+        return {}
+    names, count = list(edits), cfg.control_samples
+    requests = np.concatenate([edits[name][0] for name in names] + [edits[name][1] for name in names])
+    z = model.latents(_seeds(rng, count * len(names)))
+    # Bases first, then their edits in the same order: each edit shares its base's latent.
+    images = model.render(torch.cat([z, z]), [_tags(v, vocabulary) for v in requests], cfg.truncation,
+                          cfg.batch_size)
+    predictions = classify(classifier, images, cfg.batch_size)
+    half, scores = len(z), {}
+    for i, name in enumerate(names):
+        base = {g: p[i * count:(i + 1) * count] for g, p in predictions.items()}
+        edited = {g: p[half + i * count:half + (i + 1) * count] for g, p in predictions.items()}
+        score = edit_locality(base, edited, groups, name)
+        if score is not None:
+            scores[f"edit_locality.{name}"] = score
+    out = {"edit_locality": float(np.mean(list(scores.values())))} if scores else {}
+    return {**out, **scores}
 
 
 def _pictures(cfg: EvaluateConfig, seed: int, model: AvatarModel, classifier: AttributeClassifier,
@@ -215,9 +305,13 @@ def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, cl
 
     metrics.json is a flat {name: number}: fd, kid, kid_std, precision, recall (classifier
     features, val images as the real set; precision/recall on equal-size subsets),
-    control_accuracy[.group] (conditional models), classifier_accuracy[.group] (the feature
-    classifier's own held-out accuracy: a ceiling for control accuracy), fid (only with
-    evaluate.inception_weights), n_real, n_fake, n_control, generator_step, generator_kimg. Pictures: samples.png, sweep.png, interpolation.png.
+    control_accuracy[.group] (conditional models), edit_locality[.group] (conditional models:
+    with the latent held, how often changing one group's value leaves the classifier's reading
+    of every other group unchanged; the plain key is the mean over groups),
+    classifier_accuracy[.group] (the feature classifier's own held-out accuracy: a ceiling for
+    control accuracy), fid (only with
+    evaluate.inception_weights), n_real, n_fake, n_control, generator_step, generator_kimg.
+    Pictures: samples.png, sweep.png, interpolation.png.
     """
     train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
     # Edit directions for an unconditional model: where `moepipe directions` writes them.
@@ -229,7 +323,7 @@ def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, cl
     labels = np.asarray(train.labels)
     real = np.asarray(val.images)
     metrics: dict[str, Any] = {}
-    phases = ["samples", "features"] + (["control"] if model.conditional else []) \
+    phases = ["samples", "features"] + (["control", "locality"] if model.conditional else []) \
         + (["fid"] if inception is not None else []) + ["pictures"]
     with progress_bar() as progress:
         task = progress.add_task("evaluate", total=len(phases), status=phases[0])
@@ -256,11 +350,14 @@ def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, cl
         advance("features")
 
         if model.conditional:
-            metrics.update(_control(cfg, seed, model, net, labels))
+            metrics.update(_control(cfg, seed, model, net, labels, report.get("hidden_by")))
             advance("control")
+            metrics.update(_edit_locality(cfg, seed, model, net, labels, report.get("hidden_by")))
+            advance("locality")
         if report.get("overall") is not None:
             metrics["classifier_accuracy"] = report["overall"]
-        for name, value in report.get("accuracy", {}).items():
+        # Where another tag can hide a group, control is scored with it visible: so is the ceiling.
+        for name, value in {**report.get("accuracy", {}), **report.get("accuracy_visible", {})}.items():
             metrics[f"classifier_accuracy.{name}"] = value
         if inception is not None:
             metrics["fid"] = _fd(inception_features(inception, real, cfg.batch_size),

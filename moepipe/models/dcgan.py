@@ -1,27 +1,45 @@
-"""DCGAN (Radford et al. 2015) as in the pytorch/examples ``dcgan`` example, plus conditioning.
+"""DCGAN (Radford et al. 2015) with attribute conditioning in every layer and an auxiliary classifier.
 
-At resolution 64, width 64, z_dim 100 and label_dim 0 both ``main`` stacks are the example's
-networks layer for layer (same module order, shapes and state_dict keys), so the example's
-checkpoints load unchanged. Each halving/doubling of the resolution removes/adds one stride-2
-stage at the wide end, so the last hidden layer always has ``width`` channels.
+Two generator bodies, chosen by ``block``:
 
-One deliberate difference: the discriminator returns logits. The example ends in Sigmoid and
-trains with BCELoss; BCEWithLogits(logit) is the same function computed stably, and the
-non-saturating / hinge / WGAN losses all want the raw logit anyway.
+- ``"upconv"`` (default): each stage is nearest-neighbour upsampling then a 3x3 convolution
+  (Odena et al. 2016, "Deconvolution and Checkerboard Artifacts"): transposed convolutions with
+  a 4x4 kernel and stride 2 overlap unevenly and leave a checkerboard on flat areas such as skin
+  and hair, which is most of a chibi avatar. Every BatchNorm is conditional (BigGAN): its gain
+  and bias are linear functions of the shared code ``[label embedding, z]``, so the requested
+  hairstyle or expression reaches the layers that draw it instead of only the 4x4 input.
+- ``"transposed"``: the pytorch/examples network layer for layer (at resolution 64, width 64,
+  z_dim 100 and label_dim 0 the example's checkpoints load unchanged), with labels embedded and
+  concatenated to z at the input only. Generator files written before the upconv body (format
+  ``moepipe-generator/1``) are rebuilt with it.
+
+The label embedding has one table per attribute group (``label_groups``, the sizes of the
+groups in vocabulary order), concatenated: a hairstyle and an eye colour live in separate
+dimensions of the code.
+
+The discriminator returns logits; conditional discriminators add the projection term (Miyato &
+Koyama 2018) and an auxiliary classifier head (AC-GAN, Odena et al. 2017) that reads the
+attribute logits (N, label_dim) of an image from the same features.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moepipe.models.layers import (
+    LabelEmbedding,
     check_resolution,
     evaluating,
     module_device,
     resolve_labels,
     sample_latents,
 )
+
+BLOCKS = ("upconv", "transposed")
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -33,7 +51,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
@@ -44,11 +62,44 @@ def _stage_widths(resolution: int, width: int) -> list[int]:
     return [width * 2 ** (stages - 1 - i) for i in range(stages)]
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BatchNorm without its own affine; gain 1 + a(code) and bias b(code) per sample instead.
+
+    x (N, C, H, W), code (N, D) -> (N, C, H, W). a and b start at zero, so an untrained layer is
+    a plain BatchNorm.
+    """
+
+    def __init__(self, channels: int, code_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.affine = nn.Linear(code_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        gain, bias = self.affine(code).to(x.dtype).chunk(2, dim=1)
+        return self.norm(x) * (1.0 + gain[:, :, None, None]) + bias[:, :, None, None]
+
+
+class UpBlock(nn.Module):
+    """(N, C_in, H, W), code -> (N, C_out, 2H, 2W): nearest upsample, 3x3 conv, CBN, ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, code_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        self.norm = ConditionalBatchNorm2d(out_channels, code_dim)
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        x = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return F.relu(self.norm(x, code))
+
+
 class DCGANGenerator(nn.Module):
     """z (N, z_dim) [+ labels (N, label_dim) multi-hot] -> images (N, 3, R, R) in [-1, 1] (Tanh).
 
-    Conditioning concatenates ``embed(labels)`` (N, embed_dim) to z: a multi-hot row becomes the
-    sum of its tags' embedding vectors. With label_dim 0 there is no embedding at all.
+    ``label_groups`` gives the sizes of the attribute groups in vocabulary order (one embedding
+    table each); None treats the whole vocabulary as one group. With label_dim 0 there is no
+    embedding and the upconv body's BatchNorms are conditioned on z alone.
     """
 
     def __init__(
@@ -58,12 +109,33 @@ class DCGANGenerator(nn.Module):
         width: int = 64,
         label_dim: int = 0,
         embed_dim: int = 32,
+        label_groups: Sequence[int] | None = None,
+        block: str = "upconv",
     ) -> None:
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS} (got {block!r})")
         self.resolution, self.z_dim, self.label_dim = resolution, z_dim, label_dim
-        self.width = width
-        self.embed_dim = embed_dim if label_dim else 0
+        self.width, self.block = width, block
         widths = _stage_widths(resolution, width)
+        if block == "transposed":
+            self._build_transposed(widths, z_dim, label_dim, embed_dim)
+            return
+        self.embed = LabelEmbedding(label_dim, embed_dim, label_groups) if label_dim else None
+        code_dim = z_dim + (self.embed.out_features if self.embed is not None else 0)
+        self.input = nn.Linear(code_dim, widths[0] * 16)
+        self.input_norm = ConditionalBatchNorm2d(widths[0], code_dim)
+        # The last stage keeps `width` channels up to full resolution: a 3-channel conv alone at
+        # R px would have to draw outlines, irises and highlights from nothing.
+        outs = widths[1:] + [widths[-1]]
+        self.blocks = nn.ModuleList(UpBlock(a, b, code_dim) for a, b in zip(widths, outs))
+        self.to_rgb = nn.Conv2d(widths[-1], 3, 3, 1, 1)
+        self.apply(dcgan_init)
+        nn.init.normal_(self.input.weight, 0.0, 0.02)
+        nn.init.zeros_(self.input.bias)
+
+    def _build_transposed(self, widths: list[int], z_dim: int, label_dim: int, embed_dim: int) -> None:
+        self.embed_dim = embed_dim if label_dim else 0
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(z_dim + self.embed_dim, widths[0], 4, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
@@ -81,16 +153,22 @@ class DCGANGenerator(nn.Module):
         self.embed = None
         if label_dim:
             self.embed = nn.Linear(label_dim, embed_dim, bias=False)
-            # N(0, 1) puts each tag's code on the same scale as a component of z, so the label
-            # signal is not drowned by z at the start of training.
+            # N(0, 1) puts each tag's code on the same scale as a component of z.
             nn.init.normal_(self.embed.weight, 0.0, 1.0)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z (N, z_dim), labels (N, label_dim) or None (= no tags) -> (N, 3, R, R) in [-1, 1]."""
+        code = z
         if self.embed is not None:
             labels = resolve_labels(labels, z.shape[0], self.label_dim, z.device)
-            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
-        return self.main(z[:, :, None, None])
+            code = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+        if self.block == "transposed":
+            return self.main(code[:, :, None, None])
+        x = self.input(code).reshape(z.shape[0], -1, 4, 4)
+        x = F.relu(self.input_norm(x, code))
+        for block in self.blocks:
+            x = block(x, code)
+        return torch.tanh(self.to_rgb(x))
 
     def sample(
         self,
@@ -118,7 +196,9 @@ class DCGANDiscriminator(nn.Module):
     Conditional models are projection discriminators (Miyato & Koyama 2018):
     logit = psi(phi(x)) + <embed(y), mean-pooled phi(x)>, phi = ``main`` minus its last conv,
     psi = that last 4x4 conv, embed = Linear(label_dim, features, bias=False), so a multi-hot y
-    projects onto the sum of its tags' vectors.
+    projects onto the sum of its tags' vectors. They also have an auxiliary classifier
+    ``classify``: a linear head on the flattened 4x4 features phi(x) -> attribute logits
+    (N, label_dim); ``forward(..., with_attributes=True)`` returns both from one pass.
     """
 
     def __init__(self, resolution: int = 64, width: int = 64, label_dim: int = 0) -> None:
@@ -138,17 +218,27 @@ class DCGANDiscriminator(nn.Module):
         layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))
         self.main = nn.Sequential(*layers)
         self.apply(dcgan_init)
-        self.embed = None
+        self.embed = self.attribute_head = None
         if label_dim:
             self.embed = nn.Linear(label_dim, widths[-1], bias=False)
             nn.init.normal_(self.embed.weight, 0.0, 0.02)
+            self.attribute_head = nn.Linear(widths[-1] * 16, label_dim)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """images (N, 3, R, R) in [-1, 1], labels (N, label_dim) or None -> logits (N,) float32."""
-        if self.embed is None or labels is None:
-            return self.main(images).flatten().float()
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, with_attributes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images (N, 3, R, R) in [-1, 1], labels (N, label_dim) or None -> logits (N,) float32.
+
+        ``with_attributes``: also the auxiliary attribute logits (N, label_dim) float32.
+        """
+        if self.embed is None:
+            logits = self.main(images).flatten().float()
+            return (logits, logits.new_zeros(images.shape[0], 0)) if with_attributes else logits
         features = self.main[:-1](images)  # (N, 8w, 4, 4) at 64 px
         logits = self.main[-1](features).flatten()
-        labels = resolve_labels(labels, images.shape[0], self.label_dim, images.device)
-        projection = (self.embed(labels) * features.mean(dim=(2, 3))).sum(dim=1)
-        return (logits + projection).float()
+        if labels is not None:
+            labels = resolve_labels(labels, images.shape[0], self.label_dim, images.device)
+            logits = logits + (self.embed(labels) * features.mean(dim=(2, 3))).sum(dim=1)
+        if not with_attributes:
+            return logits.float()
+        return logits.float(), self.attribute_head(features.flatten(1)).float()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +193,31 @@ class ModulatedConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={k}, "
             f"demodulate={self.demodulate}, up={self.up}, fused={self.fused}"
         )
+
+
+class LabelEmbedding(nn.Module):
+    """Multi-hot labels (N, label_dim) -> codes (N, groups x dim): one table per attribute group.
+
+    ``group_sizes`` splits the vocabulary into its groups (in vocabulary order); each group's
+    part of the row goes through its own Linear(size, dim), and the codes are concatenated, so
+    two groups never share a dimension. None (or sizes that do not add up to label_dim) keeps
+    one table for the whole vocabulary. Tables start N(0, 1): each code is on z's scale.
+    """
+
+    def __init__(self, label_dim: int, dim: int, group_sizes: Sequence[int] | None = None) -> None:
+        super().__init__()
+        sizes = [int(s) for s in group_sizes] if group_sizes else []
+        if not sizes or sum(sizes) != label_dim or min(sizes) < 1:
+            sizes = [label_dim]
+        self.group_sizes = sizes
+        self.tables = nn.ModuleList(nn.Linear(size, dim, bias=False) for size in sizes)
+        for table in self.tables:
+            nn.init.normal_(table.weight, 0.0, 1.0)
+        self.out_features = dim * len(sizes)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        parts = labels.split(self.group_sizes, dim=1)
+        return torch.cat([table(part) for table, part in zip(self.tables, parts)], dim=1)
 
 
 class NoiseInjection(nn.Module):

@@ -315,6 +315,7 @@ class StyleDiscriminator(nn.Module):
     fromRGB, residual blocks down to 4x4, minibatch stddev, 3x3 conv, FC to features h (N, C4),
     then logit = out(h) + <embed(labels), h> / sqrt(C4) (projection conditioning; a multi-hot
     row projects onto the sum of its tags' embeddings). labels None skips the projection.
+    Conditional discriminators also have the auxiliary attribute head of the AC-GAN loss.
     """
 
     def __init__(
@@ -338,10 +339,17 @@ class StyleDiscriminator(nn.Module):
         self.fc = EqualLinear(features * 16, features, activation="lrelu")
         self.out = EqualLinear(features, 1)
         self.embed = EqualLinear(label_dim, features, bias=False) if label_dim else None
+        # AC-GAN head: attribute logits (N, label_dim) read from the same features h.
+        self.attribute_head = EqualLinear(features, label_dim) if label_dim else None
         self.projection_gain = 1.0 / math.sqrt(features)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """images (N, 3, R, R) in [-1, 1], labels (N, label_dim) or None -> logits (N,)."""
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None, with_attributes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """images (N, 3, R, R) in [-1, 1], labels (N, label_dim) or None -> logits (N,).
+
+        ``with_attributes``: also the auxiliary attribute logits (N, label_dim) float32.
+        """
         x = self.blocks(self.from_rgb(images))
         x = self.conv(self.mbstd(x))
         h = self.fc(x.flatten(1))  # (N, C4)
@@ -349,4 +357,8 @@ class StyleDiscriminator(nn.Module):
         if self.embed is not None and labels is not None:
             labels = resolve_labels(labels, images.shape[0], self.label_dim, images.device)
             logits = logits + (self.embed(labels) * h).sum(dim=1) * self.projection_gain
-        return logits.float()
+        if not with_attributes:
+            return logits.float()
+        if self.attribute_head is None:
+            return logits.float(), logits.new_zeros(images.shape[0], 0).float()
+        return logits.float(), self.attribute_head(h).float()

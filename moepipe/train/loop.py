@@ -23,17 +23,20 @@ from moepipe.config import TrainConfig
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.models import build_models
+from moepipe.models.attributes import AttributeLayout
 from moepipe.progress import progress_bar
 from moepipe.train import checkpoint as ckpt
 from moepipe.train.augment import AdaptiveAugment
 from moepipe.train.distributed import World, average_gradients, broadcast_state, gather_cat, init_world, shutdown
 from moepipe.train.ema import EMA
-from moepipe.train.losses import gradient_penalty, get_loss, lazy_r1_penalty
+from moepipe.train.losses import attribute_loss, gradient_penalty, get_loss, lazy_r1_penalty
 from moepipe.train.runtime import Runtime, pick_runtime
 from moepipe.train.sink import FileSink, MetricsSink
 from moepipe.train.samples import sample_grid, sample_labels
 
-GENERATOR_FORMAT = "moepipe-generator/1"
+GENERATOR_FORMAT = "moepipe-generator/2"
+# Format 1 files hold the transposed-convolution DCGAN with input-only conditioning.
+LEGACY_GENERATOR_FORMATS = {"moepipe-generator/1": {"dcgan": {"block": "transposed"}}}
 # Settings that change what is computed; the rest (logging, step count ...) may change on resume.
 _NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                        "threads", "sample_columns", "compile", "profile"}
@@ -54,9 +57,11 @@ class TrainResult:
     digest: str = ""  # sha256 of G and D parameters: equal on every rank, equal after exact resume
 
 
-def model_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+def model_kwargs(cfg: TrainConfig, layout: AttributeLayout | None = None) -> dict[str, Any]:
     if cfg.arch == "dcgan":
-        return {"width": cfg.width, "z_dim": cfg.z_dim}
+        sizes = layout.group_sizes() if layout else None
+        return {"width": cfg.width, "z_dim": cfg.z_dim, "block": cfg.block, "embed_dim": cfg.embed_dim,
+                **({"label_groups": sizes} if sizes else {})}
     return {"z_dim": cfg.z_dim, "channel_base": cfg.channel_base, "channel_max": cfg.channel_max}
 
 
@@ -116,9 +121,14 @@ class _Trainer:
         self.cfg, self.seed, self.data, self.rt, self.world = cfg, seed, data, runtime, world
         label_dim = len(data.vocabulary) if cfg.conditional and data.meta.get("labelled") else 0
         self.label_dim = label_dim
+        self.layout = AttributeLayout(data.meta.get("groups", {}), data.vocabulary) if label_dim else None
+        # How often each attribute value occurs in the training data: the source of the fake
+        # batches' multi tags and, after export, of every group a request leaves out.
+        self.prior = self.layout.prior(np.asarray(data.labels)) if self.layout else {}
+        self.attribute_weight = cfg.aux_weight if self.layout else 0.0
         self.resolution = int(data.meta["resolution"])
         torch.manual_seed(seed)  # same initial weights on every rank
-        self.G, self.D = build_models(cfg.arch, self.resolution, label_dim, **model_kwargs(cfg))
+        self.G, self.D = build_models(cfg.arch, self.resolution, label_dim, **model_kwargs(cfg, self.layout))
         memory = torch.channels_last if runtime.channels_last else torch.contiguous_format
         self.G.to(runtime.device, memory_format=memory)
         self.D.to(runtime.device, memory_format=memory)
@@ -166,6 +176,17 @@ class _Trainer:
         labels = torch.from_numpy(np.asarray(self.data.labels[rows], dtype=np.float32)).to(self.rt.device)
         return images, labels
 
+    def _fake_labels(self, labels: torch.Tensor | None, n: int, rng: np.random.Generator) -> torch.Tensor | None:
+        """Labels the fake batch is asked for: the real batch's, or balanced draws
+        (train.balanced_labels). With mode seeking, row i and row i + n//2 share labels."""
+        if labels is None:
+            return None
+        if self.cfg.balanced_labels and self.layout:
+            labels = torch.from_numpy(self.layout.balanced(n, self.prior, rng)).to(labels.device)
+        if self.cfg.mode_seeking:
+            labels = labels[torch.arange(n) % max(n // 2, 1)]
+        return labels
+
     def _fake(self, n: int, labels: torch.Tensor | None, z: torch.Tensor | None = None) -> torch.Tensor:
         if z is None:
             z = torch.randn(n, self.G.z_dim, device=self.rt.device)
@@ -188,15 +209,21 @@ class _Trainer:
             real, labels = self._batch(rng)
             n = real.shape[0]
             z = torch.randn(n, self.G.z_dim, device=rt.device)
-            # Mode seeking pairs row i with row i + n//2: same labels, different z.
-            fake_labels = labels[torch.arange(n) % max(n // 2, 1)] if cfg.mode_seeking and labels is not None else labels
+            fake_labels = self._fake_labels(labels, n, rng)
             with rt.autocast():
                 with torch.set_grad_enabled(reuse):
                     fake_for_g = self._fake(n, fake_labels, z)
                 fake = fake_for_g.detach()
-                real_logits = self.d_run(self.ada.augment(real, policy), labels)
+                real_logits, real_attributes = self.d_run(self.ada.augment(real, policy), labels,
+                                                          with_attributes=True)
                 fake_logits = self.d_run(self.ada.augment(fake, policy), fake_labels)
             loss_d = self.loss.d_loss(real_logits, fake_logits)
+            if self.attribute_weight:
+                # AC-GAN with D's classifier trained on real images only: it learns what a
+                # twintail looks like from the data, never from the generator's attempts.
+                aux_d = attribute_loss(real_attributes, labels, self.layout)
+                metrics["aux_d"] = float(aux_d.detach())
+                loss_d = loss_d + self.attribute_weight * aux_d
             if self.loss.needs_gradient_penalty:
                 loss_d = loss_d + gradient_penalty(self.d_run, real, fake, labels, self.loss.gp_weight)
             self._check(loss_d, "discriminator", step)
@@ -221,7 +248,13 @@ class _Trainer:
         self.D.requires_grad_(False)
         with rt.autocast():
             fake = fake_for_g if reuse else self._fake(n, fake_labels, z)
-            loss_g = self.loss.g_loss(self.d_run(self.ada.augment(fake, policy), fake_labels))
+            fake_logits, fake_attributes = self.d_run(self.ada.augment(fake, policy), fake_labels,
+                                                      with_attributes=True)
+            loss_g = self.loss.g_loss(fake_logits)
+        if self.attribute_weight:
+            aux_g = attribute_loss(fake_attributes, fake_labels, self.layout)
+            metrics["aux_g"] = float(aux_g.detach())
+            loss_g = loss_g + self.attribute_weight * aux_g
         if cfg.mode_seeking:
             loss_g = loss_g + cfg.mode_seeking * mode_seeking_penalty(fake, z)
         self._check(loss_g, "generator", step)
@@ -254,9 +287,9 @@ def export_generator(trainer: _Trainer, path: Path, step: int, cfg: TrainConfig)
 
     payload = {
         "format": GENERATOR_FORMAT, "arch": cfg.arch, "resolution": trainer.resolution,
-        "label_dim": trainer.label_dim, "model_kwargs": model_kwargs(cfg),
+        "label_dim": trainer.label_dim, "model_kwargs": model_kwargs(cfg, trainer.layout),
         "vocabulary": trainer.data.vocabulary if trainer.label_dim else [],
-        "groups": trainer.data.meta.get("groups", {}), "step": step,
+        "groups": trainer.data.meta.get("groups", {}), "label_prior": trainer.prior, "step": step,
         "kimg": step * cfg.batch_size / 1000, "train_config": json.dumps(cfg.model_dump()),
         "state_dict": {k: v.cpu() for k, v in trainer.ema.module.state_dict().items()},
     }
@@ -268,10 +301,12 @@ def export_generator(trainer: _Trainer, path: Path, step: int, cfg: TrainConfig)
 def load_generator(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild an exported generator (eval mode) and its metadata."""
     payload = torch.load(path, map_location=device, weights_only=True)
-    if payload.get("format") != GENERATOR_FORMAT:
+    kind = payload.get("format") if isinstance(payload, dict) else None
+    if kind != GENERATOR_FORMAT and kind not in LEGACY_GENERATOR_FORMATS:
         raise UserError(f"{path}: not a moepipe generator file")
+    legacy = LEGACY_GENERATOR_FORMATS.get(kind, {}).get(payload["arch"], {})
     generator, _ = build_models(payload["arch"], payload["resolution"], payload["label_dim"],
-                                **payload["model_kwargs"])
+                                **{**legacy, **payload["model_kwargs"]})
     generator.load_state_dict(payload["state_dict"])
     return generator.to(device).eval(), payload
 

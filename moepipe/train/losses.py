@@ -17,10 +17,13 @@ calls: ``gradient_penalty`` (WGAN-GP) and ``r1_penalty`` / ``lazy_r1_penalty`` (
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from moepipe.models.attributes import AttributeLayout
 
 Discriminator = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -200,3 +203,24 @@ def lazy_r1_penalty(
     if interval < 1:
         raise ValueError(f"r1 interval must be ≥ 1 (got {interval})")
     return r1_penalty(real_logits, real_images, gamma) * interval
+
+
+def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, layout: "AttributeLayout") -> torch.Tensor:
+    """AC-GAN auxiliary loss: mean over attribute groups of how badly ``logits`` read ``labels``.
+
+    logits, labels: (N, L) over the vocabulary (labels multi-hot). A single-choice group is a
+    softmax over its tags (cross-entropy, rows labelled with exactly one of them only); a multi
+    group is an independent sigmoid per tag (binary cross-entropy). Returns a float32 scalar.
+    """
+    logits, labels = logits.float(), labels.float()
+    losses = []
+    for group in layout.groups:
+        columns = torch.as_tensor(group.columns, device=logits.device)
+        part, target = logits.index_select(1, columns), labels.index_select(1, columns)
+        if group.multi:
+            losses.append(F.binary_cross_entropy_with_logits(part, target))
+            continue
+        labelled = target.sum(dim=1) == 1
+        if labelled.any():
+            losses.append(F.cross_entropy(part[labelled], target[labelled].argmax(dim=1)))
+    return torch.stack(losses).mean() if losses else logits.new_zeros(())

@@ -15,8 +15,9 @@ from PIL import Image
 
 from moepipe.images import atomic_write, encode_png
 
+# aux_d / aux_g: the AC-GAN attribute losses (D reading real images, G's fakes as asked).
 COLUMNS = ["step", "kimg", "loss_d", "loss_g", "grad_norm_d", "grad_norm_g", "augment_p",
-           "real_sign", "r1", "img_s"]
+           "real_sign", "r1", "img_s", "aux_d", "aux_g"]
 
 
 class MetricsSink(Protocol):

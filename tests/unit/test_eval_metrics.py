@@ -9,7 +9,7 @@ from scipy.spatial.distance import cdist
 from moepipe.config import LabelsConfig
 from moepipe.evaluate import metrics
 from moepipe.evaluate.metrics import (
-    control_accuracy, fd_from_features, frechet_distance, kid, knn_radii, precision_recall,
+    control_accuracy, edit_locality, fd_from_features, frechet_distance, kid, knn_radii, precision_recall,
 )
 
 
@@ -201,3 +201,57 @@ def test_control_accuracy_takes_config_groups_and_checks_shapes() -> None:
     predictions["hair_color"] = np.zeros((n, 2))
     with pytest.raises(ValueError, match="hair_color"):
         control_accuracy(predictions, np.zeros((n, len(vocabulary))), groups, vocabulary)
+
+
+# --- edit locality ----------------------------------------------------------------------------
+
+LOCALITY_GROUPS = {"hair": {"tags": ["red", "blue", "green"]}, "eyes": {"tags": ["brown", "grey"]},
+                   "accessories": {"tags": ["hat", "glasses"], "multi": True}}
+LOCALITY_BASE = {
+    "hair": np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]]),
+    "eyes": np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]]),
+    "accessories": np.array([[0.9, 0.1], [0.2, 0.7], [0.4, 0.6], [0.1, 0.2]]),
+}
+
+
+def _edited(**changes: list[list[float]]) -> dict[str, np.ndarray]:
+    return {name: np.array(changes[name]) if name in changes else probs.copy()
+            for name, probs in LOCALITY_BASE.items()}
+
+
+def test_edit_locality_is_one_when_only_the_edited_group_changes() -> None:
+    # Every hair reading changes, and probabilities elsewhere move without crossing a decision.
+    edited = _edited(hair=[[0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.7, 0.2, 0.1], [0.1, 0.1, 0.8]],
+                     eyes=[[0.6, 0.4], [0.45, 0.55], [0.9, 0.1], [0.4, 0.6]],
+                     accessories=[[0.55, 0.3], [0.05, 0.95], [0.1, 0.51], [0.49, 0.0]])
+    assert edit_locality(LOCALITY_BASE, edited, LOCALITY_GROUPS, "hair") == 1.0
+    # The same arrays read as an edit of eyes: hair flipped on all 4 avatars, accessories on none.
+    assert edit_locality(LOCALITY_BASE, edited, LOCALITY_GROUPS, "eyes") == pytest.approx(4 / 8)
+
+
+def test_edit_locality_counts_the_other_groups_an_edit_also_changed() -> None:
+    edited = _edited(hair=[[0.1, 0.8, 0.1]] * 4,  # the edit itself: not scored
+                     eyes=[[0.1, 0.9], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]],  # avatar 0 flips
+                     accessories=[[0.9, 0.1], [0.2, 0.7], [0.4, 0.4], [0.1, 0.2]])  # avatar 2 loses glasses
+    # 4 avatars × 2 other groups = 8 pairs, 2 changed.
+    assert edit_locality(LOCALITY_BASE, edited, LOCALITY_GROUPS, "hair") == pytest.approx(6 / 8)
+
+
+def test_edit_locality_reads_a_multi_group_tag_by_tag_as_one_pair() -> None:
+    # Both accessories flip on avatar 0 and one on avatar 3: two pairs, not three tags.
+    edited = _edited(accessories=[[0.1, 0.9], [0.2, 0.7], [0.4, 0.6], [0.1, 0.9]])
+    assert edit_locality(LOCALITY_BASE, edited, LOCALITY_GROUPS, "hair") == pytest.approx(6 / 8)
+    # Editing the multi group itself: its own changes are ignored, hair and eyes are scored.
+    edited["hair"][1] = [0.9, 0.05, 0.05]
+    assert edit_locality(LOCALITY_BASE, edited, LOCALITY_GROUPS, "accessories") == pytest.approx(7 / 8)
+
+
+def test_edit_locality_without_other_groups_is_none_and_checks_its_inputs() -> None:
+    hair = {"hair": LOCALITY_GROUPS["hair"]}
+    assert edit_locality({"hair": LOCALITY_BASE["hair"]}, {"hair": LOCALITY_BASE["hair"]}, hair, "hair") is None
+    empty = {name: probs[:0] for name, probs in LOCALITY_BASE.items()}
+    assert edit_locality(empty, empty, LOCALITY_GROUPS, "hair") is None
+    with pytest.raises(ValueError, match="unknown edited group 'mouth'"):
+        edit_locality(LOCALITY_BASE, LOCALITY_BASE, LOCALITY_GROUPS, "mouth")
+    with pytest.raises(ValueError, match="eyes"):
+        edit_locality(LOCALITY_BASE, {**LOCALITY_BASE, "eyes": LOCALITY_BASE["eyes"][:3]}, LOCALITY_GROUPS, "hair")

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from moepipe.config import EvaluateConfig, TrainConfig
 from moepipe.data import PackedSet
 from moepipe.errors import UserError
 from moepipe.evaluate.features import load_classifier
-from moepipe.evaluate.stage import classifier_stage, evaluate, report_path
+from moepipe.evaluate.stage import _edit_locality, _locality_edits, classifier_stage, evaluate, report_path
+from moepipe.generate import AvatarModel
 from moepipe.train.loop import train
 
 TINY_GAN = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu", precision="fp32",
@@ -65,6 +67,9 @@ def test_metrics_json_is_a_flat_mapping_of_finite_numbers(prepared16: Path, scor
     expected = {"fd", "kid", "kid_std", "precision", "recall", "control_accuracy", "classifier_accuracy",
                 "n_real", "n_fake", "n_control", "generator_step", "generator_kimg"}
     expected |= {f"control_accuracy.{g}" for g in groups} | {f"classifier_accuracy.{g}" for g in groups}
+    # Edit locality for every group with something to change to (a single-choice group needs two values).
+    expected |= {"edit_locality"} | {f"edit_locality.{g}" for g, group in groups.items()
+                                     if group.get("multi") or len(group["tags"]) > 1}
     assert set(metrics) == expected  # no fid without inception weights
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values())
     assert metrics["n_real"] == len(PackedSet(prepared16, "val")) and metrics["n_fake"] == CFG.samples
@@ -73,6 +78,7 @@ def test_metrics_json_is_a_flat_mapping_of_finite_numbers(prepared16: Path, scor
     assert (metrics["generator_step"], metrics["generator_kimg"]) == (TRAINED_STEPS, TRAINED_STEPS * 8 / 1000)
     assert metrics["fd"] >= 0 and 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
     assert all(0 <= metrics[f"control_accuracy.{g}"] <= 1 for g in groups)
+    assert all(0 <= metrics[key] <= 1 for key in metrics if key.startswith("edit_locality"))
 
 
 def test_pictures_have_the_documented_layout(prepared16: Path, scored) -> None:
@@ -108,7 +114,7 @@ def test_an_untrained_generator_scores_worse(prepared16: Path, models, scored, t
 
 def test_unconditional_model_has_no_control_and_a_seed_grid_sweep(prepared16: Path, models, tmp_path: Path) -> None:
     metrics = evaluate(CFG, 0, prepared16, models["unconditional"], models["classifier"], tmp_path)
-    assert not any(key.startswith("control_accuracy") or key == "n_control" for key in metrics)
+    assert not any(key.startswith(("control_accuracy", "edit_locality", "n_control")) for key in metrics)
     assert {"fd", "kid", "precision", "recall", "classifier_accuracy"} <= set(metrics)
     with Image.open(tmp_path / "sweep.png") as sweep:
         assert sweep.size == (4 * TILE - 2, 4 * TILE - 2)  # no attributes to sweep: 4 x 4 seeds
@@ -176,3 +182,108 @@ def test_classifier_stage_writes_identical_bytes_when_run_again(prepared16: Path
     assert "train_seconds" in report  # for the command's summary line, not for the files
     assert again.read_bytes() == models["classifier"].read_bytes()  # stable DVC hash of identical runs
     assert report_path(again).read_bytes() == report_path(models["classifier"]).read_bytes()
+
+
+# --- edit locality on hand-written generators -------------------------------------------------
+
+TOY_GROUPS = {"hair": {"tags": ["red", "blue", "green"], "multi": False},
+              "eyes": {"tags": ["brown", "grey", "gold"], "multi": False},
+              "accessories": {"tags": ["hat", "glasses"], "multi": True}}
+TOY_VOCABULARY = [tag for group in TOY_GROUPS.values() for tag in group["tags"]]
+TOY_RESOLUTION = 8
+
+
+class _StripeGenerator(nn.Module):
+    """Column j of the top half shows label j, bright if asked for, dark if not, shaded by z.
+
+    The shading never outweighs a label, but it picks the reading of a group with no value asked
+    for, so the avatar depends on its latent. Entangled, the whole label set is hashed into a
+    random pattern instead, so that changing any one label redraws every column.
+    """
+
+    def __init__(self, entangled: bool) -> None:
+        super().__init__()
+        self.z_dim, self.entangled = 4, entangled
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.entangled:
+            keys = (labels.round().long() * 2 ** torch.arange(labels.shape[1])).sum(dim=1).tolist()
+            top = torch.stack([torch.rand(labels.shape[1], generator=torch.Generator().manual_seed(key)) * 2 - 1
+                               for key in keys])
+        else:
+            top = labels * 1.6 - 0.8 + 0.5 * torch.tanh(z[:, :1] * torch.arange(1.0, labels.shape[1] + 1))
+        image = torch.zeros(len(z), 3, TOY_RESOLUTION, TOY_RESOLUTION)
+        image[:, :, :TOY_RESOLUTION // 2, :labels.shape[1]] = top[:, None, None, :]
+        image[:, :, TOY_RESOLUTION // 2:, :] = torch.tanh(z[:, :3, None, None])
+        return image * self.scale
+
+
+class _StripeReader(nn.Module):
+    """A stand-in attribute classifier that reads each tag off its column of the top half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups, self.vocabulary = TOY_GROUPS, TOY_VOCABULARY
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        columns = images[:, :, :TOY_RESOLUTION // 2, :len(TOY_VOCABULARY)].mean(dim=(1, 2)) * 10
+        out, start = {}, 0
+        for name, group in TOY_GROUPS.items():
+            part = columns[:, start:start + len(group["tags"])]
+            out[name] = torch.sigmoid(part) if group["multi"] else torch.softmax(part, dim=1)
+            start += len(group["tags"])
+        return out
+
+
+def _toy_labels(count: int = 40) -> np.ndarray:
+    """Label vectors as the data has them: a hair colour (sometimes none), an eye colour, accessories."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((count, len(TOY_VOCABULARY)), np.uint8)
+    for row in labels:
+        if rng.random() < 0.8:
+            row[rng.integers(0, 3)] = 1
+        row[3 + rng.integers(0, 3)] = 1
+        row[6:] = rng.random(2) < 0.3
+    return labels
+
+
+def _toy_model(entangled: bool) -> AvatarModel:
+    meta = {"label_dim": len(TOY_VOCABULARY), "resolution": TOY_RESOLUTION, "vocabulary": TOY_VOCABULARY,
+            "groups": TOY_GROUPS, "step": 0}
+    return AvatarModel(_StripeGenerator(entangled), meta)
+
+
+def test_locality_edits_change_exactly_one_group() -> None:
+    columns = {"hair": np.arange(0, 3), "eyes": np.arange(3, 6), "accessories": np.arange(6, 8)}
+    edits = _locality_edits(_toy_labels(), TOY_GROUPS, columns, 50, np.random.default_rng(1))
+    assert set(edits) == set(TOY_GROUPS)
+    for name, (base, edited) in edits.items():
+        assert base.shape == edited.shape == (50, len(TOY_VOCABULARY))
+        outside = np.setdiff1d(np.arange(len(TOY_VOCABULARY)), columns[name])
+        assert np.array_equal(base[:, outside], edited[:, outside])
+        inside_base, inside_edited = base[:, columns[name]], edited[:, columns[name]]
+        if TOY_GROUPS[name]["multi"]:
+            assert ((inside_base != inside_edited).sum(axis=1) == 1).all()  # one tag toggled
+        else:
+            assert (inside_edited.sum(axis=1) == 1).all()  # exactly one value, one the base lacked
+            assert not (inside_base & inside_edited).any()
+    # A single-choice group with one value has nothing to change to.
+    lonely = {**TOY_GROUPS, "eyes": {"tags": ["brown"], "multi": False}}
+    assert set(_locality_edits(_toy_labels(), lonely, {**columns, "eyes": np.arange(3, 4)}, 5,
+                               np.random.default_rng(1))) == {"hair", "accessories"}
+
+
+def test_edit_locality_tells_a_disentangled_generator_from_an_entangled_one() -> None:
+    cfg = CFG.model_copy(update={"control_samples": 24, "batch_size": 16})
+    reader, labels = _StripeReader(), _toy_labels()
+    local = _edit_locality(cfg, 0, _toy_model(False), reader, labels)
+    assert set(local) == {"edit_locality"} | {f"edit_locality.{g}" for g in TOY_GROUPS}
+    assert all(value == 1.0 for value in local.values())
+    entangled = _edit_locality(cfg, 0, _toy_model(True), reader, labels)
+    assert set(entangled) == set(local)
+    assert entangled["edit_locality"] < 0.6
+    assert all(value < 0.75 for value in entangled.values())
+    # Deterministic for the seed.
+    assert _edit_locality(cfg, 0, _toy_model(True), reader, labels) == entangled

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -25,21 +27,28 @@ GROUPS = {
     "accessories": {"tags": ["hat", "glasses"], "multi": True},
 }
 VOCABULARY = [t for g in GROUPS.values() for t in g["tags"]]
+PRIOR = {"hair_color": [0.7, 0.3], "expression": [0.5, 0.5], "accessories": [0.3, 0.6]}
 Z_DIM, SIZE = 16, 16
+HAIR, EXPRESSION, ACCESSORIES = slice(0, 2), slice(2, 4), slice(4, 6)  # label columns of the groups
 
 
-def save_generator(path: Path, conditional: bool) -> Path:
-    """An untrained 16 px DCGAN as generator.pt; weights widened so that seeds differ visibly."""
+def save_generator(path: Path, conditional: bool, legacy: bool = False) -> Path:
+    """An untrained 16 px DCGAN as generator.pt; weights widened so that seeds differ visibly.
+
+    `legacy`: a format 1 file (transposed-conv body, no "block" kwarg, no label prior).
+    """
     torch.manual_seed(0)
     label_dim = len(VOCABULARY) if conditional else 0
-    generator, _ = build_models("dcgan", SIZE, label_dim, width=8, z_dim=Z_DIM)
+    body = {"block": "transposed"} if legacy else {}
+    generator, _ = build_models("dcgan", SIZE, label_dim, width=8, z_dim=Z_DIM, **body)
     for p in generator.parameters():
         if p.dim() > 1:
             nn.init.normal_(p, 0.0, 0.2)
-    torch.save({"format": GENERATOR_FORMAT, "arch": "dcgan", "resolution": SIZE, "label_dim": label_dim,
-                "model_kwargs": {"width": 8, "z_dim": Z_DIM}, "vocabulary": VOCABULARY if conditional else [],
-                "groups": GROUPS, "step": 0, "kimg": 0.0, "train_config": "{}",
-                "state_dict": generator.state_dict()}, path)
+    payload = {"format": "moepipe-generator/1" if legacy else GENERATOR_FORMAT, "arch": "dcgan",
+               "resolution": SIZE, "label_dim": label_dim, "model_kwargs": {"width": 8, "z_dim": Z_DIM},
+               "vocabulary": VOCABULARY if conditional else [], "groups": GROUPS, "step": 0, "kimg": 0.0,
+               "train_config": "{}", "state_dict": generator.state_dict()}
+    torch.save(payload if legacy else {**payload, "label_prior": PRIOR}, path)
     return path
 
 
@@ -75,13 +84,34 @@ def test_a_seed_gives_the_same_avatar_whatever_its_batch(conditional: AvatarMode
     alone = conditional.draw([7], "blue_hair")[0]
     in_batch = conditional.draw([5, 6, 7, 8], "blue_hair")
     z = conditional.latents([1, 2, 3, 7])
-    small_batches = conditional.render(z, [["blue_hair"]] * 4, 1.0, batch_size=3)
+    small_batches = conditional.render(z, conditional.requests([1, 2, 3, 7], ["blue_hair"]), 1.0, batch_size=3)
     assert np.array_equal(in_batch[2], alone) and np.array_equal(small_batches[3], alone)
     assert not np.array_equal(in_batch[0], in_batch[1])  # seeds do differ
 
 
+class ShapeSensitive(nn.Module):
+    """A generator whose output shifts with the batch size: BLAS and oneDNN pick kernels, and so
+    roundings, by batch shape (~1e-6, enough to flip a uint8 now and then); here visibly so."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.z_dim = inner, inner.z_dim
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner(z, labels) + 0.02 * (z.shape[0] - 1)
+
+
+def test_every_avatar_of_a_batch_is_pixel_for_pixel_its_lone_self(conditional: AvatarModel) -> None:
+    seeds = list(range(100, 148))
+    for avatars in (conditional, AvatarModel(ShapeSensitive(conditional.generator), conditional.meta)):
+        alone = np.stack([avatars.draw([s], "smile", 0.8)[0] for s in seeds])
+        assert np.array_equal(avatars.draw(seeds, "smile", 0.8), alone)
+        z, requests = avatars.latents(seeds), avatars.requests(seeds, ["smile"])
+        assert np.array_equal(avatars.render(z, requests, 0.8, batch_size=7), alone)
+
+
 def test_truncation_zero_gives_one_avatar_per_attribute_set(conditional: AvatarModel) -> None:
-    flat = conditional.draw([1, 2, 3], "red_hair,smile", truncation=0.0)
+    flat = conditional.draw([1, 2, 3], "red_hair,smile,hat", truncation=0.0)  # every group named: no fill
     assert np.array_equal(flat[0], flat[1]) and np.array_equal(flat[0], flat[2])
     full = conditional.draw([1, 2], "red_hair,smile", truncation=1.0)
     assert not np.array_equal(full[0], full[1])
@@ -101,15 +131,18 @@ def test_stylegan_avatars_also_follow_their_seed_alone_and_truncate_to_w_avg() -
 
 def test_interpolation_ends_are_the_seeds_own_avatars(conditional: AvatarModel) -> None:
     strip = conditional.interpolate(3, 9, 5, "hat")
-    ends = conditional.draw([3, 9], "hat")
+    fill = conditional.complete_attributes(["hat"], 3)  # seed 3's, all along the strip
+    ends = conditional.render(conditional.latents([3, 9]), [fill, fill])
+    assert np.array_equal(ends[0], conditional.draw([3], "hat")[0])
     assert strip.shape == (5, SIZE, SIZE, 3)
     assert np.array_equal(strip[0], ends[0]) and np.array_equal(strip[-1], ends[1])
     assert not np.array_equal(strip[2], ends[0]) and not np.array_equal(strip[2], ends[1])
 
 
 def test_conditional_attributes_change_the_avatar(conditional: AvatarModel) -> None:
-    blue, red, plain = (conditional.draw([4], tags)[0] for tags in ("blue_hair", "red_hair", ""))
-    assert not np.array_equal(blue, red) and not np.array_equal(blue, plain)
+    blue, red = (conditional.draw([4], tags)[0] for tags in ("blue_hair", "red_hair"))
+    bare = conditional.render(conditional.latents([4]), [["blue_hair"]])[0]  # no fill: other groups empty
+    assert not np.array_equal(blue, red) and not np.array_equal(blue, bare)
 
 
 def test_png_text_metadata_round_trips() -> None:
@@ -143,15 +176,21 @@ def test_unconditional_model_without_directions_takes_no_attributes(files) -> No
 
 # -- edits on an unconditional model ----------------------------------------------------------
 class Recorder(nn.Module):
-    """Wraps a generator and keeps the z it was called with."""
+    """Wraps a generator and keeps the z and labels it was called with."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.inner, self.z_dim, self.seen = inner, inner.z_dim, []
+        self.inner, self.z_dim, self.seen, self.labels = inner, inner.z_dim, [], []
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         self.seen.append(z.clone())
+        self.labels.append(labels.clone() if labels is not None else None)
         return self.inner(z, labels)
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(z, labels) of every row drawn since the last take, in order (one forward per avatar)."""
+        z, labels, self.seen, self.labels = torch.cat(self.seen), self.labels, [], []
+        return z, (torch.cat(labels) if labels and labels[0] is not None else None)
 
 
 def test_edits_move_z_to_the_target_distance(unconditional: AvatarModel) -> None:
@@ -161,7 +200,7 @@ def test_edits_move_z_to_the_target_distance(unconditional: AvatarModel) -> None
     z[5, 0] = 20.0  # already far on the smile side: stays where it is
     psi = 0.5
     avatars.render(z, [["smile", "hat"]] * 5 + [["smile"]], truncation=psi)
-    moved, start = recorder.seen[0], z * psi
+    moved, start = recorder.take()[0], z * psi
     smile, hat = moved[:, 0] + 0.5, moved[:, 1] - 1.0  # signed distances n.z + b
     for row in range(5):
         assert smile[row] == pytest.approx(max(3.0, float(start[row, 0] + 0.5)), abs=1e-5)
@@ -169,7 +208,7 @@ def test_edits_move_z_to_the_target_distance(unconditional: AvatarModel) -> None
     assert torch.equal(moved[5], start[5])
     assert torch.equal(moved[:, 2:], start[:, 2:])  # only along the normals
     plain = avatars.render(z[:2], None, psi)
-    assert torch.equal(recorder.seen[-1], start[:2]) and plain.shape == (2, SIZE, SIZE, 3)
+    assert torch.equal(recorder.take()[0], start[:2]) and plain.shape == (2, SIZE, SIZE, 3)
 
 
 class ColourGenerator(nn.Module):
@@ -349,3 +388,132 @@ def test_generate_from_a_logged_pyfunc_model(files, conditional: AvatarModel, tm
     assert np.array_equal(first, conditional.draw([3], "red_hair")[0])
     result = invoke("generate", "--model", folder, "--n", 1, "--out", tmp_path / "y.png")  # the folder itself
     assert result.exit_code == 0, result.output
+    rows = pd.DataFrame({"seed": [3, 8], "attributes": ["red_hair", ""]})
+    served = mlflow.pyfunc.load_model(str(folder)).predict(rows)
+    pictures = [Image.open(io.BytesIO(base64.b64decode(cell))) for cell in served["image"]]
+    assert (pictures[0].text["attributes"], pictures[1].text["attributes"]) == ("red_hair", "")
+    assert pictures[0].text["drawn_attributes"] == ",".join(conditional.complete_attributes(["red_hair"], 3))
+    assert pictures[1].text["drawn_attributes"] == ",".join(conditional.complete_attributes([], 8))
+    assert np.array_equal(np.asarray(pictures[0].convert("RGB")), conditional.draw([3], "red_hair")[0])
+    assert np.array_equal(np.asarray(pictures[1].convert("RGB")), conditional.draw([8])[0])
+
+
+# -- groups a request leaves out, --vary, legacy files -----------------------------------------
+def recorded(conditional: AvatarModel, prior: dict | None = None) -> tuple[AvatarModel, Recorder]:
+    """The conditional model drawing through a Recorder (and, if given, another label prior)."""
+    recorder = Recorder(conditional.generator)
+    meta = {**conditional.meta, **({"label_prior": prior} if prior else {})}
+    return AvatarModel(recorder, meta), recorder
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(z, labels) of every DCGAN forward pass, also inside `moepipe generate`."""
+    from moepipe.models.dcgan import DCGANGenerator
+
+    calls, original = [], DCGANGenerator.forward
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append((z.detach().clone(), None if labels is None else labels.detach().clone()))
+        return original(self, z, labels)
+
+    monkeypatch.setattr(DCGANGenerator, "forward", forward)
+    return calls
+
+
+def stacked(calls: list) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([z for z, _ in calls]), torch.cat([labels for _, labels in calls])
+
+
+def test_groups_left_out_are_drawn_by_seed_never_zero(conditional: AvatarModel) -> None:
+    avatars, recorder = recorded(conditional)
+    avatars.draw(range(40))
+    _, labels = recorder.take()
+    assert torch.all(labels[:, HAIR].sum(1) == 1) and torch.all(labels[:, EXPRESSION].sum(1) == 1)
+    assert len({tuple(row.tolist()) for row in labels}) > 4  # seeds differ in their fill ...
+    assert 0 < labels[:, ACCESSORIES].sum() < 80  # ... multi tags come and go
+    avatars.draw([5])
+    assert torch.equal(recorder.take()[1][0], labels[5])  # same seed, same fill, alone
+    avatars.draw([30, 5, 12])
+    assert torch.equal(recorder.take()[1], labels[[30, 5, 12]])  # whatever the batch
+
+
+def test_fills_follow_the_models_label_prior(conditional: AvatarModel) -> None:
+    avatars, recorder = recorded(conditional, {"hair_color": [0.0, 1.0], "expression": [0.5, 0.5],
+                                               "accessories": [1.0, 0.0]})
+    avatars.draw(range(20))
+    _, labels = recorder.take()
+    assert labels[:, HAIR].tolist() == [[0.0, 1.0]] * 20  # always red
+    assert labels[:, ACCESSORIES].tolist() == [[1.0, 0.0]] * 20  # always a hat, never glasses
+
+
+def test_a_named_group_is_kept_and_the_others_keep_their_draw(conditional: AvatarModel) -> None:
+    avatars, recorder = recorded(conditional)
+    avatars.draw(range(20))
+    free = recorder.take()[1]
+    avatars.draw(range(20), "red_hair,glasses")
+    asked = recorder.take()[1]
+    assert asked[:, HAIR].tolist() == [[0.0, 1.0]] * 20 and asked[:, ACCESSORIES].tolist() == [[0.0, 1.0]] * 20
+    assert torch.equal(asked[:, EXPRESSION], free[:, EXPRESSION])  # the seed's own expression still
+    assert avatars.complete_attributes(["red_hair", "glasses"], 3) == ["red_hair", *[
+        t for t in avatars.complete_attributes([], 3) if t in ("smile", "closed_eyes")], "glasses"]
+
+
+def test_generate_vary_sweeps_one_group_with_all_else_fixed(files, conditional: AvatarModel, tmp_path: Path,
+                                                            spy: list) -> None:
+    out, singles = tmp_path / "vary.png", tmp_path / "each"
+    result = invoke("generate", "--model", files["conditional"], "--vary", "accessories", "--attributes", "smile",
+                    "--n", 3, "--seed", 4, "--out", out, "--singles", singles)
+    assert result.exit_code == 0, result.output
+    z, labels = stacked(spy)
+    assert z.shape[0] == 9 and torch.equal(z, conditional.latents([4, 5, 6]).repeat_interleave(3, dim=0))
+    assert labels[:, ACCESSORIES].tolist() == [[0, 0], [1, 0], [0, 1]] * 3  # none, hat, glasses
+    assert labels[:, EXPRESSION].tolist() == [[1, 0]] * 9  # as asked
+    rows = labels[:, HAIR].reshape(3, 3, 2)
+    assert torch.all(rows == rows[:, :1])  # one hair colour per row ...
+    fills = [conditional.complete_attributes(["smile"], s) for s in (4, 5, 6)]
+    assert [VOCABULARY[int(r[0].argmax())] for r in rows] == [next(t for t in f if "hair" in t) for f in fills]
+    with Image.open(out) as image:  # ... the seed's own, as in a plain grid
+        assert (image.text["vary"], image.text["values"]) == ("accessories", "none,hat,glasses")
+        assert image.size[1] == 14 + 3 * (SIZE + 2) - 2
+        tile = np.asarray(image.convert("RGB"))[14 + SIZE + 2:14 + 2 * SIZE + 2, -SIZE:]  # seed 5, glasses
+    names = sorted(p.name for p in singles.glob("*.png"))
+    assert len(names) == 9 and names[5] == "vary_accessories_000005_02_glasses.png"
+    with Image.open(singles / names[5]) as image:
+        assert (image.text["seed"], image.text["attributes"], image.text["vary"]) == ("5", "smile,glasses",
+                                                                                       "accessories")
+        assert np.array_equal(np.asarray(image.convert("RGB")), tile)
+    assert np.array_equal(tile, conditional.draw([5], "smile,glasses")[0])  # same seed, same fill: same avatar
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--vary", "hairdo"], "unknown attribute group 'hairdo'; groups: hair_color, expression, accessories"),
+    (["--vary", "hair_color", "--attributes", "smile,red_hair"],
+     "--attributes names 'red_hair', a hair_color value; --vary hair_color draws each hair_color in turn"),
+    (["--vary", "hair_color", "--interpolate", "3"], "--vary and --interpolate draw different pictures; pick one"),
+])
+def test_generate_bad_vary_is_one_line(files, tmp_path: Path, args: list[str], message: str) -> None:
+    result = invoke("generate", "--model", files["conditional"], "--out", tmp_path / "x.png", *args)
+    assert (result.exit_code, result.stderr) == (1, f"moepipe: error: {message}\n")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_vary_needs_a_conditional_model(files, tmp_path: Path) -> None:
+    result = invoke("generate", "--model", files["unconditional"], "--vary", "hair_color", "--out", tmp_path / "x.png")
+    assert (result.exit_code, result.stderr) == (
+        1, "moepipe: error: --vary needs a conditional model; this one takes no attribute labels\n")
+
+
+def test_a_format_1_generator_still_draws_with_a_uniform_fill(tmp_path: Path, spy: list) -> None:
+    legacy = save_generator(tmp_path / "old.pt", True, legacy=True)
+    avatars = AvatarModel.load(legacy)
+    assert avatars.generator.block == "transposed" and avatars.label_prior == avatars.layout.uniform_prior()
+    result = invoke("generate", "--model", legacy, "--attributes", "hat", "--n", 3, "--seed", 2,
+                    "--singles", tmp_path / "each")
+    assert result.exit_code == 0, result.output
+    _, labels = stacked(spy)
+    assert torch.all(labels[:, HAIR].sum(1) == 1) and labels[:, ACCESSORIES].tolist() == [[1, 0]] * 3
+    with Image.open(tmp_path / "each" / "avatar_000003.png") as image:
+        assert image.text["attributes"] == "hat"
+        assert image.text["drawn_attributes"] == ",".join(avatars.complete_attributes(["hat"], 3))
+        assert np.array_equal(np.asarray(image.convert("RGB")), avatars.draw([3], "hat")[0])

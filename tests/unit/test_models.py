@@ -116,7 +116,7 @@ def layer_signature(module: nn.Module) -> tuple:
 @pytest.mark.parametrize(
     ("ours", "reference", "inputs"),
     [
-        (lambda: DCGANGenerator(64, z_dim=100, width=64), reference_generator,
+        (lambda: DCGANGenerator(64, z_dim=100, width=64, block="transposed"), reference_generator,
          lambda: torch.randn(4, 100, 1, 1)),
         (lambda: DCGANDiscriminator(64, width=64), reference_discriminator,
          lambda: torch.rand(4, 3, 64, 64) * 2 - 1),
@@ -141,7 +141,7 @@ def test_dcgan_matches_pytorch_example_layer_for_layer(ours, reference, inputs):
 
 
 def test_dcgan_init_follows_the_example():
-    generator, discriminator = DCGANGenerator(64), DCGANDiscriminator(64)
+    generator, discriminator = DCGANGenerator(64, block="transposed"), DCGANDiscriminator(64)
     convs = [m for m in [*generator.modules(), *discriminator.modules()]
              if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     weights = torch.cat([m.weight.flatten() for m in convs])
@@ -152,10 +152,14 @@ def test_dcgan_init_follows_the_example():
 
 @pytest.mark.parametrize(("resolution", "strided"), [(32, 3), (64, 4), (128, 5)])
 def test_dcgan_stage_count_follows_resolution(resolution, strided):
-    generator, discriminator = tiny("dcgan", resolution, label_dim=0)
+    generator, discriminator = tiny("dcgan", resolution, label_dim=0, block="transposed")
     transposed = [m for m in generator.main if isinstance(m, nn.ConvTranspose2d)]
     assert sum(m.stride == (2, 2) for m in transposed) == strided
     assert transposed[-2].out_channels == TINY["dcgan"]["width"]
+    upconv, _ = tiny("dcgan", resolution, label_dim=0)
+    assert len(upconv.blocks) == strided  # one 2x upsampling per doubling from 4x4
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in upconv.modules())
+    assert upconv.blocks[-1].conv.out_channels == TINY["dcgan"]["width"]
     convs = [m for m in discriminator.main if isinstance(m, nn.Conv2d)]
     assert sum(m.stride == (2, 2) for m in convs) == strided
 
@@ -219,7 +223,8 @@ def test_gradients_reach_every_parameter(arch):
     z, y = torch.randn(4, generator.z_dim), multi_hot(4)
     kwargs = {"style_mix_prob": 0.9} if arch == "stylegan" else {}
     fake = generator(z, y, **kwargs)
-    loss = discriminator(fake, y).mean() + discriminator(torch.rand_like(fake), y).mean()
+    logits, attributes = discriminator(fake, y, with_attributes=True)
+    loss = logits.mean() + attributes.mean() + discriminator(torch.rand_like(fake), y).mean()
     loss.backward()
     for name, param in [*generator.named_parameters(), *discriminator.named_parameters()]:
         assert param.grad is not None, name

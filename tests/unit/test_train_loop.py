@@ -169,3 +169,39 @@ def test_mode_seeking_trains_and_changes_the_weights(prepared16: Path, tmp_path:
     seeking = train(tiny(steps=3, mode_seeking=1.0), 0, prepared16, tmp_path / "b", echo=quiet)
     assert seeking.digest != plain.digest
     assert torch.isfinite(torch.tensor(seeking.last["loss_g"]))
+
+
+@pytest.mark.parametrize("loss", ["minimax", "nonsaturating", "wgan-gp", "hinge"])
+def test_every_loss_trains_with_the_attribute_head(prepared16: Path, tmp_path: Path, loss) -> None:
+    result = train(tiny(steps=3, loss=loss), 0, prepared16, tmp_path, reports=tmp_path / "r", echo=quiet)
+    for key in ("loss_d", "loss_g", "aux_d", "aux_g"):
+        assert torch.isfinite(torch.tensor(result.last[key])), key
+    with (tmp_path / "r" / "metrics.csv").open() as handle:
+        assert all(row["aux_d"] and row["aux_g"] for row in csv.DictReader(handle))
+    generator, meta = load_generator(tmp_path / "generator.pt")
+    assert meta["model_kwargs"]["block"] == "upconv"
+    # The exported prior is the training labels' distribution: each single group sums to 1.
+    for name, group in meta["groups"].items():
+        if not group.get("multi"):
+            assert abs(sum(meta["label_prior"][name]) - 1) < 1e-4, name
+
+
+def test_attribute_loss_and_balanced_labels_change_training(prepared16: Path, tmp_path: Path) -> None:
+    plain = train(tiny(steps=3, aux_weight=0.0, balanced_labels=False), 0, prepared16, tmp_path / "a", echo=quiet)
+    aux = train(tiny(steps=3, balanced_labels=False), 0, prepared16, tmp_path / "b", echo=quiet)
+    balanced = train(tiny(steps=3), 0, prepared16, tmp_path / "c", echo=quiet)
+    assert "aux_g" not in plain.last and "aux_g" in aux.last
+    assert len({plain.digest, aux.digest, balanced.digest}) == 3
+
+
+def test_legacy_generator_files_load_as_the_classic_network(prepared16: Path, tmp_path: Path) -> None:
+    train(tiny(steps=2, block="transposed"), 0, prepared16, tmp_path, echo=quiet)
+    payload = torch.load(tmp_path / "generator.pt", weights_only=True)
+    payload["format"] = "moepipe-generator/1"  # as written before the upconv body existed
+    del payload["model_kwargs"]["block"], payload["label_prior"]
+    payload["model_kwargs"].pop("label_groups", None)
+    payload["model_kwargs"].pop("embed_dim", None)
+    torch.save(payload, tmp_path / "old.pt")
+    generator, _ = load_generator(tmp_path / "old.pt")
+    assert generator.block == "transposed"
+    assert torch.isfinite(generator.sample(2)).all()
