@@ -55,9 +55,9 @@ def classic_dcgan() -> AvatarModel:
     """The pytorch/examples-size DCGAN (64 px, width 64, z 100), conditional on the default tags."""
     labels = Params().labels
     torch.manual_seed(0)
-    generator, _ = build_models("dcgan", 64, len(labels.vocabulary), width=64)
+    generator, _ = build_models("dcgan", 64, len(labels.vocabulary), width=64, block="transposed")
     meta = {"arch": "dcgan", "resolution": 64, "label_dim": len(labels.vocabulary),
-            "model_kwargs": {"width": 64, "z_dim": 100}, "vocabulary": labels.vocabulary,
+            "model_kwargs": {"width": 64, "z_dim": 100, "block": "transposed"}, "vocabulary": labels.vocabulary,
             "groups": {name: group.model_dump() for name, group in labels.groups.items()}}
     return AvatarModel(generator, meta)
 

@@ -100,7 +100,7 @@ class PngFolder(Dataset):
 def classic_runner(root: Path, workers: int) -> Callable[[int], None]:
     torch.manual_seed(0)
     # moepipe's DCGAN is the example's nn.Sequential layer for layer; the example's D ends in Sigmoid.
-    net_g = DCGANGenerator(resolution=SIZE, width=WIDTH, z_dim=NZ, label_dim=0).main
+    net_g = DCGANGenerator(resolution=SIZE, width=WIDTH, z_dim=NZ, label_dim=0, block="transposed").main
     net_d = nn.Sequential(*DCGANDiscriminator(resolution=SIZE, width=WIDTH, label_dim=0).main, nn.Sigmoid())
     criterion = nn.BCELoss()
     opt_d = torch.optim.Adam(net_d.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -148,7 +148,8 @@ def classic_runner(root: Path, workers: int) -> Callable[[int], None]:
 # -- moepipe ----------------------------------------------------------------------------------
 def moepipe_runner(prepared: Path, augment: bool, precision: str) -> Callable[[int], None]:
     extra = {"augment": "color,translation,cutout", "augment_p": 1.0} if augment else {"augment": ""}
-    cfg = TrainConfig(arch="dcgan", width=WIDTH, z_dim=NZ, batch_size=BATCH, conditional=False, ada=False,
+    # The classic transposed-conv body, so both loops train the same network.
+    cfg = TrainConfig(arch="dcgan", block="transposed", width=WIDTH, z_dim=NZ, batch_size=BATCH, conditional=False, ada=False,
                       loss="nonsaturating", channels_last=True, device="cpu", precision=precision, **extra)
     trainer = _Trainer(cfg, 0, PackedSet(prepared, "train"), pick_runtime(cfg), World())
     counter = iter(range(10**9))

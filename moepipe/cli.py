@@ -260,7 +260,10 @@ def classifier_command(
         baseline = [v for k, v in report["baseline"].items() if k in scored and v is not None]
         overall = "n/a (empty val split)" if report["overall"] is None else (
             f"{report['overall']:.2f} (commonest value {sum(baseline) / max(1, len(baseline)):.2f})")
-        groups = ", ".join(f"{name} {value:.2f}" for name, value in scored.items())
+        visible, hidden = report.get("accuracy_visible", {}), report.get("hidden_by", {})
+        groups = ", ".join(f"{name} {value:.2f}" + (f" ({visible[name]:.2f} unless {'/'.join(hidden[name])})"
+                                                     if name in visible and name in hidden else "")
+                           for name, value in scored.items())
         return (f"classifier: held-out accuracy {overall}{'; ' + groups if groups else ''}; "
                 f"{report['epochs']} epochs in {report['train_seconds']:.0f} s → {out}")
 

@@ -36,6 +36,7 @@ from moepipe.errors import UserError
 from moepipe.models.attributes import AttributeLayout, Group
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
+RENDER_BATCH = 16  # rows of every generator forward pass in `render` (see there)
 HEADER_HEIGHT = 14  # px of the column-header band of `grid`
 FILL_STREAM = 0x6D6F65  # second rng seed word of label fills: a stream apart from any other use of the seed
 
@@ -232,10 +233,11 @@ class AvatarModel:
                truncation: float | Sequence[float] = 1.0, batch_size: int = 64) -> np.ndarray:
         """z (N, z_dim), one tag list per row (drawn as given, no fill) -> (N, R, R, 3) uint8 RGB.
 
-        Each avatar gets a forward pass of its own: BLAS and oneDNN pick kernels, and so summation
-        orders, by batch shape (one row runs a GEMV, a few rows another conv algorithm), and the
-        ~1e-6 differences flip a uint8 now and then. Alone, a seed's pixels never depend on its
-        batch; on CPU it costs nothing (conv-bound). `batch_size` avatars go to the device at once.
+        Every forward pass has exactly RENDER_BATCH rows (the last chunk padded): BLAS and oneDNN
+        pick kernels, and so summation orders, by batch shape (one row runs a GEMV), and the
+        ~1e-6 differences flip a uint8 now and then. At one fixed shape a row's pixels depend on
+        neither its position nor its batch mates, so a seed draws the same avatar on every path.
+        `batch_size` is kept for callers; the chunk size is fixed.
         """
         n = z.shape[0]
         attributes = list(attributes) if attributes is not None else [[] for _ in range(n)]
@@ -247,13 +249,12 @@ class AvatarModel:
             z = self.edit(z, attributes)
         labels = self.label_vectors(attributes) if self.conditional else None
         out = np.zeros((n, self.resolution, self.resolution, 3), np.uint8)
-        for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            zb, pb = z[part].to(self.device), psi[part].to(self.device)
-            lb = labels[part].to(self.device) if labels is not None else None
-            rows = [self._forward(zb[i:i + 1], pb[i:i + 1], lb[i:i + 1] if lb is not None else None, stylegan)
-                    for i in range(zb.shape[0])]
-            out[part] = to_uint8(torch.cat(rows))
+        for start in range(0, n, RENDER_BATCH):
+            part = slice(start, start + RENDER_BATCH)
+            rows = z[part].shape[0]
+            zb, pb = _padded(z[part], self.device), _padded(psi[part], self.device)
+            lb = _padded(labels[part], self.device) if labels is not None else None
+            out[part] = to_uint8(self._forward(zb, pb, lb, stylegan)[:rows])
         return out
 
     def _forward(self, z: torch.Tensor, psi: torch.Tensor, labels: torch.Tensor | None,
@@ -285,6 +286,14 @@ class AvatarModel:
         names, requests = self.variations(seeds, group, tags)
         z = self.latents(seeds).repeat_interleave(len(names), dim=0)
         return self.render(z, requests, truncation)
+
+
+def _padded(rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`rows` (K, ...) on `device`, padded with zero rows to RENDER_BATCH."""
+    pad = RENDER_BATCH - rows.shape[0]
+    if pad > 0:
+        rows = torch.cat([rows, rows.new_zeros((pad, *rows.shape[1:]))])
+    return rows.to(device)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

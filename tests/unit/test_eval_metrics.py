@@ -255,3 +255,30 @@ def test_edit_locality_without_other_groups_is_none_and_checks_its_inputs() -> N
         edit_locality(LOCALITY_BASE, LOCALITY_BASE, LOCALITY_GROUPS, "mouth")
     with pytest.raises(ValueError, match="eyes"):
         edit_locality(LOCALITY_BASE, {**LOCALITY_BASE, "eyes": LOCALITY_BASE["eyes"][:3]}, LOCALITY_GROUPS, "hair")
+
+
+def test_hidden_by_finds_the_tag_under_which_a_group_cannot_be_read() -> None:
+    from moepipe.evaluate.metrics import hidden_by
+
+    groups = {"eyes": {"tags": ["blue_eyes", "red_eyes"]}, "expression": {"tags": ["smile", "closed_eyes"]},
+              "extras": {"tags": ["blush"], "multi": True}}
+    vocabulary = ["blue_eyes", "red_eyes", "smile", "closed_eyes", "blush"]
+    rng = np.random.default_rng(0)
+    n = 200
+    eyes, closed = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    labels = np.zeros((n, 5), np.uint8)
+    labels[np.arange(n), eyes] = 1
+    labels[np.arange(n), 2 + closed] = 1
+    labels[:, 4] = rng.integers(0, 2, n)
+    # The classifier reads the eye colour right with open eyes, guesses "blue" with closed ones;
+    # it always reads the expression right.
+    eye_guess = np.where(closed == 1, 0, eyes)
+    predictions = {"eyes": np.eye(2)[eye_guess], "expression": np.eye(2)[closed],
+                   "extras": labels[:, 4:5].astype(float)}
+    assert hidden_by(predictions, labels, groups, vocabulary) == {"eyes": ["closed_eyes"]}
+    # With the eyes read right everywhere, nothing hides anything.
+    predictions["eyes"] = np.eye(2)[eyes]
+    assert hidden_by(predictions, labels, groups, vocabulary) == {}
+    # Too few images with a tag: no verdict on it.
+    few = {name: p[:12] for name, p in {**predictions, "eyes": np.eye(2)[eye_guess]}.items()}
+    assert hidden_by(few, labels[:12], groups, vocabulary, min_rows=10) == {}

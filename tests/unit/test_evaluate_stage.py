@@ -287,3 +287,24 @@ def test_edit_locality_tells_a_disentangled_generator_from_an_entangled_one() ->
     assert all(value < 0.75 for value in entangled.values())
     # Deterministic for the seed.
     assert _edit_locality(cfg, 0, _toy_model(True), reader, labels) == entangled
+
+
+def test_control_and_locality_requests_keep_a_group_visible_when_another_tag_would_hide_it() -> None:
+    from moepipe.evaluate.stage import _control_requests, _locality_edits
+
+    groups = {"eyes": {"tags": ["blue_eyes", "red_eyes"], "multi": False},
+              "expression": {"tags": ["smile", "closed_eyes"], "multi": False}}
+    columns = {"eyes": np.array([0, 1]), "expression": np.array([2, 3])}
+    rng = np.random.default_rng(0)
+    labels = np.zeros((100, 4), np.uint8)
+    labels[np.arange(100), rng.integers(0, 2, 100)] = 1
+    labels[np.arange(100), 2 + rng.integers(0, 2, 100)] = 1
+    requests, rows = _control_requests(labels, groups, columns, 20, np.random.default_rng(1), {"eyes": [3]})
+    assert not requests[rows["eyes"], 3].any()  # eye colour is asked for with open eyes only
+    assert requests[rows["expression"], 3].sum() == 20  # closed eyes are still asked for, in their own group
+    unhidden, unhidden_rows = _control_requests(labels, groups, columns, 20, np.random.default_rng(1))
+    assert unhidden[unhidden_rows["eyes"], 3].any()
+    edits = _locality_edits(labels, groups, columns, 30, np.random.default_rng(2), avoid=[3])
+    for base, edited in edits.values():
+        assert not base[:, 3].any() and not edited[:, 3].any()
+    assert "expression" not in edits  # one value left once closed eyes are avoided: nothing to edit to

@@ -188,9 +188,17 @@ class Recorder(nn.Module):
         return self.inner(z, labels)
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(z, labels) of every row drawn since the last take, in order (one forward per avatar)."""
+        """(z, labels) of every row drawn since the last take, in order, without render's padding."""
         z, labels, self.seen, self.labels = torch.cat(self.seen), self.labels, [], []
-        return z, (torch.cat(labels) if labels and labels[0] is not None else None)
+        return unpadded(z, torch.cat(labels) if labels and labels[0] is not None else None)
+
+
+def unpadded(z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop the all-zero rows that render pads its fixed-size forward passes with."""
+    padding = (z == 0).all(dim=1)
+    if labels is not None:
+        padding &= (labels == 0).all(dim=1)
+    return z[~padding], (labels[~padding] if labels is not None else None)
 
 
 def test_edits_move_z_to_the_target_distance(unconditional: AvatarModel) -> None:
@@ -422,7 +430,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tenso
 
 
 def stacked(calls: list) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.cat([z for z, _ in calls]), torch.cat([labels for _, labels in calls])
+    return unpadded(torch.cat([z for z, _ in calls]), torch.cat([labels for _, labels in calls]))
 
 
 def test_groups_left_out_are_drawn_by_seed_never_zero(conditional: AvatarModel) -> None:

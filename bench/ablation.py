@@ -1,0 +1,92 @@
+"""What each lever of the default model buys: train + evaluate variants of the cpu profile.
+
+Each variant is params.yaml with some `train.*` keys (or the top-level seed) overridden; it is
+trained with `moepipe train` on data/prepared and scored with `moepipe evaluate` against the
+same classifier (models/classifier.pt), so rows are comparable. Prints a markdown table of fd,
+precision, recall, control accuracy per group and edit locality, and the training seconds.
+
+    python bench/ablation.py                      # every variant (about 7 min each on 2 cores)
+    python bench/ablation.py default classic      # some of them
+    python bench/ablation.py --list
+
+Run `dvc repro classifier` first. Results go under bench/out/ablation/<variant>/ (not versioned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSIC_AUGMENT = "color,translation,cutout"
+# Cumulative from the old default (classic DCGAN, input-only labels) to today's default, then
+# one lever changed at a time against the default.
+VARIANTS: dict[str, dict] = {
+    "classic": {"block": "transposed", "aux_weight": 0.0, "balanced_labels": False, "augment": CLASSIC_AUGMENT},
+    "upconv_cbn": {"aux_weight": 0.0, "balanced_labels": False, "augment": CLASSIC_AUGMENT},
+    "acgan_1": {"aux_weight": 1.0, "augment": CLASSIC_AUGMENT},
+    "acgan_1_translation": {"aux_weight": 1.0},
+    "acgan_3": {"aux_weight": 3.0},
+    "acgan_6": {"aux_weight": 6.0},
+    "default": {},
+    "seed_1": {"seed": 1},
+    "unbalanced": {"balanced_labels": False},
+    "minimax": {"loss": "minimax"},
+    "hinge": {"loss": "hinge"},
+    "wgan_gp": {"loss": "wgan-gp"},
+}
+COLUMNS = ["fd", "precision", "recall", "control_accuracy", "control_accuracy.hair_color",
+           "control_accuracy.hairstyle", "control_accuracy.eye_color", "control_accuracy.expression",
+           "control_accuracy.gender", "control_accuracy.accessories", "control_accuracy.extras", "edit_locality"]
+
+
+def run(name: str, overrides: dict, out: Path) -> dict:
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    overrides = dict(overrides)
+    if "seed" in overrides:
+        params["seed"] = overrides.pop("seed")
+    params["train"].update(overrides)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    moepipe = [sys.executable, "-m", "moepipe"]
+    started = time.perf_counter()
+    subprocess.run([*moepipe, "train", "--params", str(folder / "params.yaml"), "--prepared", "data/prepared",
+                    "--out", str(folder / "models"), "--reports", str(folder / "reports")], cwd=ROOT, check=True)
+    seconds = time.perf_counter() - started
+    subprocess.run([*moepipe, "evaluate", "--params", str(folder / "params.yaml"), "--prepared", "data/prepared",
+                    "--model", str(folder / "models" / "generator.pt"), "--classifier", "models/classifier.pt",
+                    "--out", str(folder / "eval")], cwd=ROOT, check=True)
+    metrics = json.loads((folder / "eval" / "metrics.json").read_text())
+    return {**metrics, "train_seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", help=f"some of: {', '.join(VARIANTS)}")
+    parser.add_argument("--list", action="store_true", help="print the variants and their overrides")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "ablation")
+    args = parser.parse_args()
+    if args.list:
+        for name, overrides in VARIANTS.items():
+            print(f"{name}: {overrides or 'the cpu profile as in params.yaml'}")
+        return
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {unknown[0]!r}; see --list")
+    rows = {name: run(name, VARIANTS[name], args.out) for name in (args.variants or VARIANTS)}
+    print("| variant | " + " | ".join(c.replace("control_accuracy.", "") for c in COLUMNS) + " | train s |")
+    print("|---" * (len(COLUMNS) + 2) + "|")
+    for name, metrics in rows.items():
+        cells = [f"{metrics[c]:.3g}" if c in metrics else "–" for c in COLUMNS]
+        print(f"| {name} | " + " | ".join(cells) + f" | {metrics['train_seconds']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
