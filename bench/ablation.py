@@ -8,6 +8,7 @@ precision, recall, control accuracy per group and edit locality, and the trainin
     python bench/ablation.py                      # every variant (about 7 min each on 2 cores)
     python bench/ablation.py default classic      # some of them
     python bench/ablation.py --list
+    python bench/ablation.py default fp32 --steps 300   # bf16 vs fp32 training time, short runs
 
 Run `dvc repro classifier` first. Results go under bench/out/ablation/<variant>/ (not versioned).
 """
@@ -40,13 +41,14 @@ VARIANTS: dict[str, dict] = {
     "minimax": {"loss": "minimax"},
     "hinge": {"loss": "hinge"},
     "wgan_gp": {"loss": "wgan-gp"},
+    "fp32": {"precision": "fp32"},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
 }
 COLUMNS = ["fd", "precision", "recall", "control_accuracy", "control_accuracy.hair_color",
            "control_accuracy.hairstyle", "control_accuracy.eye_color", "control_accuracy.expression",
            "control_accuracy.gender", "control_accuracy.accessories", "control_accuracy.extras", "edit_locality"]
 
 
-def run(name: str, overrides: dict, out: Path) -> dict:
+def run(name: str, overrides: dict, out: Path, steps: int | None = None) -> dict:
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -54,6 +56,8 @@ def run(name: str, overrides: dict, out: Path) -> dict:
     if "seed" in overrides:
         params["seed"] = overrides.pop("seed")
     params["train"].update(overrides)
+    if steps:
+        params["train"]["steps"] = steps
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     moepipe = [sys.executable, "-m", "moepipe"]
     started = time.perf_counter()
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", help=f"some of: {', '.join(VARIANTS)}")
     parser.add_argument("--list", action="store_true", help="print the variants and their overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "ablation")
+    parser.add_argument("--steps", type=int, help="train this many steps instead (timing only)")
     args = parser.parse_args()
     if args.list:
         for name, overrides in VARIANTS.items():
@@ -80,12 +85,15 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant {unknown[0]!r}; see --list")
-    rows = {name: run(name, VARIANTS[name], args.out) for name in (args.variants or VARIANTS)}
+    rows = {name: run(name, VARIANTS[name], args.out, args.steps) for name in (args.variants or VARIANTS)}
     print("| variant | " + " | ".join(c.replace("control_accuracy.", "") for c in COLUMNS) + " | train s |")
     print("|---" * (len(COLUMNS) + 2) + "|")
     for name, metrics in rows.items():
         cells = [f"{metrics[c]:.3g}" if c in metrics else "–" for c in COLUMNS]
         print(f"| {name} | " + " | ".join(cells) + f" | {metrics['train_seconds']:.0f} |")
+    if args.steps and {"default", "fp32"} <= set(rows):
+        ratio = rows["fp32"]["train_seconds"] / rows["default"]["train_seconds"]
+        print(f"fp32 / default training time over {args.steps} steps: {ratio:.2f}x")
 
 
 if __name__ == "__main__":

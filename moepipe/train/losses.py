@@ -174,7 +174,8 @@ def gradient_penalty(
     if real.shape != fake.shape:
         raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} differ in shape")
     alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device)
-    mixed = torch.lerp(fake.detach(), real.detach(), alpha.to(real.dtype))
+    # Under bf16 autocast the fakes come out of G in bf16 while real batches stay float32.
+    mixed = torch.lerp(fake.detach().to(real.dtype), real.detach(), alpha.to(real.dtype))
     mixed.requires_grad_(True)
     grads = _input_gradients(discriminator(mixed, labels), mixed)
     return weight * (grads.norm(2, dim=1) - 1.0).square().mean()

@@ -197,3 +197,11 @@ def test_toy_gan_moves_generated_mean_towards_real(name):
         loss.g_loss(d(fake)).backward()
         opt_g.step()
     assert abs(shift.item() - real_mean) < 0.5 * real_mean, f"{name}: shift {shift.item():.3f}"
+
+
+def test_gradient_penalty_takes_bf16_fakes_beside_float32_reals():
+    # Under bf16 autocast G's output is bf16 while the real batch is float32.
+    d = torch.nn.Linear(12, 1)
+    penalty = gradient_penalty(lambda x, _labels: d(x.flatten(1)), torch.randn(4, 3, 2, 2),
+                               torch.randn(4, 3, 2, 2).bfloat16())
+    assert penalty.dtype == torch.float32 and torch.isfinite(penalty)
