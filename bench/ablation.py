@@ -29,17 +29,18 @@ CLASSIC_AUGMENT = "color,translation,cutout"
 # Cumulative from the old default (classic DCGAN, input-only labels) to today's default, then
 # one lever changed at a time against the default.
 VARIANTS: dict[str, dict] = {
-    "classic": {"block": "transposed", "aux_weight": 0.0, "balanced_labels": False, "augment": CLASSIC_AUGMENT},
-    "upconv_cbn": {"aux_weight": 0.0, "balanced_labels": False, "augment": CLASSIC_AUGMENT},
-    "acgan_1": {"aux_weight": 1.0, "augment": CLASSIC_AUGMENT},
-    "acgan_1_translation": {"aux_weight": 1.0},
-    "acgan_3": {"aux_weight": 3.0},
-    "acgan_6": {"aux_weight": 6.0},
+    "classic": {"block": "transposed", "aux_weight": 0.0, "augment": CLASSIC_AUGMENT},
+    "upconv_cbn": {"aux_weight": 0.0, "augment": CLASSIC_AUGMENT},
+    "acgan_1_balanced": {"aux_weight": 1.0, "balanced_labels": True, "augment": CLASSIC_AUGMENT},
+    "acgan_1_balanced_translation": {"aux_weight": 1.0, "balanced_labels": True},
+    "acgan_3_balanced": {"aux_weight": 3.0, "balanced_labels": True},
+    "acgan_6_balanced": {"aux_weight": 6.0, "balanced_labels": True},
+    "balanced": {"balanced_labels": True},
+    "balanced_seed_1": {"balanced_labels": True, "seed": 1},
+    "minimax_balanced": {"loss": "minimax", "balanced_labels": True},
+    "hinge_balanced": {"loss": "hinge", "balanced_labels": True},
     "default": {},
     "seed_1": {"seed": 1},
-    "unbalanced": {"balanced_labels": False},
-    "minimax": {"loss": "minimax"},
-    "hinge": {"loss": "hinge"},
     "wgan_gp": {"loss": "wgan-gp"},
     "fp32": {"precision": "fp32"},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
 }

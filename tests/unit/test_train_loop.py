@@ -188,8 +188,8 @@ def test_every_loss_trains_with_the_attribute_head(prepared16: Path, tmp_path: P
 
 def test_attribute_loss_and_balanced_labels_change_training(prepared16: Path, tmp_path: Path) -> None:
     plain = train(tiny(steps=3, aux_weight=0.0, balanced_labels=False), 0, prepared16, tmp_path / "a", echo=quiet)
-    aux = train(tiny(steps=3, balanced_labels=False), 0, prepared16, tmp_path / "b", echo=quiet)
-    balanced = train(tiny(steps=3), 0, prepared16, tmp_path / "c", echo=quiet)
+    aux = train(tiny(steps=3), 0, prepared16, tmp_path / "b", echo=quiet)
+    balanced = train(tiny(steps=3, balanced_labels=True), 0, prepared16, tmp_path / "c", echo=quiet)
     assert "aux_g" not in plain.last and "aux_g" in aux.last
     assert len({plain.digest, aux.digest, balanced.digest}) == 3
 
