@@ -42,7 +42,12 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "seed_1": {"seed": 1},
     "wgan_gp": {"loss": "wgan-gp"},
-    "fp32": {"precision": "fp32"},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
+    "fp32": {"precision": "fp32"},
+    "steps_3000": {"steps": 3000},
+    "minibatch_std": {"minibatch_std": True},
+    "ttur": {"lr_d": 4e-4, "lr_g": 1e-4},
+    "d_width_48": {"d_width": 48},
+    "ema_999": {"ema_beta": 0.999},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
 }
 COLUMNS = ["fd", "precision", "recall", "control_accuracy", "control_accuracy.hair_color",
            "control_accuracy.hairstyle", "control_accuracy.eye_color", "control_accuracy.expression",

@@ -39,6 +39,8 @@ class TrainConfig(Strict):
     arch: Literal["dcgan", "stylegan"] = "dcgan"
     conditional: bool = Field(default=True, description="condition on labels when the data has any")
     width: int = Field(default=64, ge=4, le=1024, description="DCGAN base width (64 = the classic)")
+    d_width: int = Field(default=0, ge=0, le=1024, description="DCGAN discriminator base width; 0 = width")
+    minibatch_std: bool = Field(default=False, description="DCGAN discriminator sees the minibatch standard deviation")
     z_dim: int = Field(default=100, ge=1, le=2048)
     channel_base: int = Field(default=2048, ge=64, description="StyleGAN channel budget")
     channel_max: int = Field(default=256, ge=8)

@@ -32,6 +32,7 @@ from torch import nn
 
 from moepipe.models.layers import (
     LabelEmbedding,
+    MinibatchStd,
     check_resolution,
     evaluating,
     module_device,
@@ -201,7 +202,7 @@ class DCGANDiscriminator(nn.Module):
     (N, label_dim); ``forward(..., with_attributes=True)`` returns both from one pass.
     """
 
-    def __init__(self, resolution: int = 64, width: int = 64, label_dim: int = 0) -> None:
+    def __init__(self, resolution: int = 64, width: int = 64, label_dim: int = 0, minibatch_std: bool = False) -> None:
         super().__init__()
         self.resolution, self.label_dim, self.width = resolution, label_dim, width
         widths = _stage_widths(resolution, width)[::-1]
@@ -215,7 +216,10 @@ class DCGANDiscriminator(nn.Module):
                 nn.BatchNorm2d(c_out),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
-        layers.append(nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False))
+        # minibatch_std: the last conv also sees the spread of the 4x4 features over groups of
+        # samples (StyleGAN), so a batch of near-identical fakes is told apart from real ones.
+        self.mbstd = MinibatchStd() if minibatch_std else None
+        layers.append(nn.Conv2d(widths[-1] + (1 if minibatch_std else 0), 1, 4, 1, 0, bias=False))
         self.main = nn.Sequential(*layers)
         self.apply(dcgan_init)
         self.embed = self.attribute_head = None
@@ -231,11 +235,11 @@ class DCGANDiscriminator(nn.Module):
 
         ``with_attributes``: also the auxiliary attribute logits (N, label_dim) float32.
         """
-        if self.embed is None:
-            logits = self.main(images).flatten().float()
-            return (logits, logits.new_zeros(images.shape[0], 0)) if with_attributes else logits
         features = self.main[:-1](images)  # (N, 8w, 4, 4) at 64 px
-        logits = self.main[-1](features).flatten()
+        logits = self.main[-1](self.mbstd(features) if self.mbstd is not None else features).flatten()
+        if self.embed is None:
+            logits = logits.float()
+            return (logits, logits.new_zeros(images.shape[0], 0)) if with_attributes else logits
         if labels is not None:
             labels = resolve_labels(labels, images.shape[0], self.label_dim, images.device)
             logits = logits + (self.embed(labels) * features.mean(dim=(2, 3))).sum(dim=1)

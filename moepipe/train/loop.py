@@ -61,6 +61,7 @@ def model_kwargs(cfg: TrainConfig, layout: AttributeLayout | None = None) -> dic
     if cfg.arch == "dcgan":
         sizes = layout.group_sizes() if layout else None
         return {"width": cfg.width, "z_dim": cfg.z_dim, "block": cfg.block, "embed_dim": cfg.embed_dim,
+                "minibatch_std": cfg.minibatch_std, **({"d_width": cfg.d_width} if cfg.d_width else {}),
                 **({"label_groups": sizes} if sizes else {})}
     return {"z_dim": cfg.z_dim, "channel_base": cfg.channel_base, "channel_max": cfg.channel_max}
 
