@@ -41,7 +41,7 @@ bench: setup
 	$(BIN)/python bench/preprocess_throughput.py
 
 preview: setup
-	$(BIN)/python -m moepipe.sources.synthetic.preview docs/preview.png
+	$(BIN)/python -m moepipe.scrape.sources.synthetic.preview docs/preview.png
 
 clean:
 	rm -rf data reports .dvc/tmp/runs

@@ -20,7 +20,7 @@ os.environ.setdefault("MOEPIPE_QUIET", "1")
 
 from moepipe.config import parse_params  # noqa: E402
 from moepipe.curate import curate  # noqa: E402
-from moepipe.scrape import scrape  # noqa: E402
+from moepipe.scrape.stage import scrape  # noqa: E402
 
 
 def main() -> None:

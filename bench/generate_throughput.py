@@ -18,7 +18,7 @@ Goal: ≥ 500 avatars/s for the 64 px DCGAN through `render`.
 `--rest` measures p50/p95 latency of single-avatar requests to `mlflow models serve` on
 loopback (`rest_latency`): the model is `--rest-model` (models:/moe-generator@champion or a
 runs:/ URI, found through MLFLOW_TRACKING_URI, or a saved model folder), or else --generator
-saved to a temp folder as the registry step logs it (moepipe/pyfunc.py, models from code).
+saved to a temp folder as the registry step logs it (moepipe/registry/pyfunc.py, models from code).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moepipe.config import Params  # noqa: E402
-from moepipe.generate import AvatarModel, png_bytes  # noqa: E402
+from moepipe.generate.avatar import AvatarModel, png_bytes  # noqa: E402
 from moepipe.models import build_models  # noqa: E402
 
 GOAL = 500.0  # avatars/s, 64 px DCGAN, render path
@@ -121,13 +121,13 @@ def save_local_pyfunc(generator: Path, folder: Path) -> Path:
     """generator.pt (+ directions.npz beside it) as an unregistered pyfunc model folder."""
     import mlflow.pyfunc
 
-    from moepipe.pyfunc import model_code, package_dir, requirements, signature
+    from moepipe.registry.pyfunc import model_code, package_dir, requirements, signature
 
     artifacts = {"generator": str(generator)}
     if generator.with_name("directions.npz").is_file():
         artifacts["directions"] = str(generator.with_name("directions.npz"))
     target = folder / "model"
-    # As the registry step logs it (moepipe/tracking.py), minus the registration details.
+    # As the registry step logs it (moepipe/registry/tracking.py), minus the registration details.
     mlflow.pyfunc.save_model(str(target), python_model=str(model_code()), artifacts=artifacts,
                              code_paths=[str(package_dir())], signature=signature(), pip_requirements=requirements())
     return target

@@ -2,7 +2,7 @@
 
     python bench/preprocess_throughput.py [--n 2000]
 
-Runs curate-like input through moepipe.preprocess.preprocess and, in the same run, a plain
+Runs curate-like input through moepipe.preprocess.stage.preprocess and, in the same run, a plain
 PIL resize loop as a reference, so the ratio is meaningful on a noisy machine.
 """
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from moepipe.config import parse_params  # noqa: E402
 from moepipe.manifest import write_jsonl  # noqa: E402
-from moepipe.preprocess import preprocess  # noqa: E402
+from moepipe.preprocess.stage import preprocess  # noqa: E402
 
 
 def make_curated(folder: Path, n: int, vocabulary: list[str]) -> None:

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from moepipe.config import TrainConfig  # noqa: E402
 from moepipe.data import PackedSet  # noqa: E402
 from moepipe.models.dcgan import DCGANDiscriminator, DCGANGenerator  # noqa: E402
-from moepipe.sources.synthetic import render_avatar, sample_spec  # noqa: E402
+from moepipe.scrape.sources.synthetic import render_avatar, sample_spec  # noqa: E402
 from moepipe.train.distributed import World  # noqa: E402
 from moepipe.train.loop import _Trainer  # noqa: E402
 from moepipe.train.runtime import pick_runtime  # noqa: E402
@@ -64,7 +64,7 @@ def write_pngs(images: np.ndarray, folder: Path) -> None:
 
 
 def write_prepared(images: np.ndarray, folder: Path) -> None:
-    """What moepipe/preprocess.py writes, minus the index and stats training does not read."""
+    """What moepipe/preprocess/stage.py writes, minus the index and stats training does not read."""
     folder.mkdir(parents=True)
     np.save(folder / "train_images.npy", images)
     np.save(folder / "train_labels.npy", np.zeros((len(images), 0), np.uint8))

@@ -86,7 +86,7 @@ def scrape(
 ) -> None:
     """Collect candidate images from scrape.sources into OUT; re-running resumes."""
     def action(p: Params) -> str:
-        from moepipe.scrape import scrape as run_scrape
+        from moepipe.scrape.stage import scrape as run_scrape
 
         report = run_scrape(p.scrape, out)
         _publish(out, reports, "scrape")
@@ -126,7 +126,7 @@ def preprocess(
     """Resize, split and pack the curated images into uint8 arrays in OUT."""
     def action(p: Params) -> str:
         _require_dir(curated, "curated data")
-        from moepipe.preprocess import preprocess as run_preprocess
+        from moepipe.preprocess.stage import preprocess as run_preprocess
 
         stats = run_preprocess(p.preprocess, p.labels, p.seed, curated, out)
         _publish(out, reports, "preprocess", "stats.json")
@@ -177,7 +177,7 @@ def directions(
     A conditional generator takes attributes as labels; it gets a file with no directions.
     """
     def action(p: Params) -> str:
-        from moepipe.edits import directions_stage
+        from moepipe.evaluate.directions import directions_stage
 
         return str(directions_stage(model, classifier, out, samples, p.seed))
 
@@ -218,7 +218,7 @@ def generate(
     MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
     """
     try:
-        from moepipe.generate import is_model_uri, open_avatars, write_pictures
+        from moepipe.generate.avatar import is_model_uri, open_avatars, write_pictures
 
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if is_model_uri(model) and not tracking_uri:
@@ -336,7 +336,7 @@ def register_command(
             os.environ.setdefault(name, value)
         import mlflow  # noqa: F401 - configures its loggers on first import
 
-        from moepipe.registry import register, summary_line
+        from moepipe.registry.register import register, summary_line
 
         logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
         result = register(

@@ -19,8 +19,8 @@ os.environ.setdefault("MOEPIPE_QUIET", "1")
 def build_prepared(root: Path, limit: int, resolution: int) -> Path:
     from moepipe.config import parse_params
     from moepipe.curate import curate
-    from moepipe.preprocess import preprocess
-    from moepipe.scrape import scrape
+    from moepipe.preprocess.stage import preprocess
+    from moepipe.scrape.stage import scrape
 
     params = parse_params({
         "scrape": {"sources": [{"kind": "synthetic", "limit": limit, "seed": 3}]},

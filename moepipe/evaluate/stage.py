@@ -34,7 +34,7 @@ from moepipe.evaluate.metrics import (
 from moepipe.evaluate.pictures import (
     INTERPOLATION_ROWS, SHEET_ROWS, attribute_sweep, interpolation_strips, sample_sheet,
 )
-from moepipe.generate import AvatarModel, png_bytes
+from moepipe.generate.avatar import AvatarModel, png_bytes
 from moepipe.images import atomic_write
 from moepipe.progress import progress_bar
 

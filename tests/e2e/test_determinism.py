@@ -9,7 +9,7 @@ import pytest
 
 from moepipe.config import parse_params
 from moepipe.curate import curate
-from moepipe.scrape import scrape
+from moepipe.scrape.stage import scrape
 
 pytestmark = pytest.mark.e2e
 

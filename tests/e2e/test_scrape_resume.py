@@ -15,7 +15,7 @@ import pytest
 
 from moepipe.config import ScrapeConfig
 from moepipe.manifest import read_jsonl
-from moepipe.scrape import scrape
+from moepipe.scrape.stage import scrape
 from tests.support.fakebooru import FakeBooru
 
 pytestmark = pytest.mark.e2e

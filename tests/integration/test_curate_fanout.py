@@ -21,7 +21,7 @@ SHARD_SIZE = 16
 def raw_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(raw folder, params.yaml): about 80 synthetic posts with their injected dirt."""
     from moepipe.config import load_params
-    from moepipe.scrape import scrape
+    from moepipe.scrape.stage import scrape
 
     root = tmp_path_factory.mktemp("fanout")
     params_file = root / "params.yaml"

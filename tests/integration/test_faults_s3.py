@@ -188,7 +188,7 @@ def test_register_with_s3_down_is_one_line_and_a_retry_registers(stack_with_s3_b
     from typer.testing import CliRunner
 
     from moepipe.cli import app
-    from moepipe.promotion import COMPLETE_TAG
+    from moepipe.registry.promotion import COMPLETE_TAG
 
     stack, stack_env = stack_with_s3_back
     uri, endpoint = stack_env["MLFLOW_TRACKING_URI"], stack_env["MLFLOW_S3_ENDPOINT_URL"]

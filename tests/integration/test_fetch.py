@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from moepipe.config import ScrapeConfig
-from moepipe.fetch import FetchError, Fetcher
-from moepipe.netguard import is_blocked, parse_allowlist
+from moepipe.scrape.fetch import FetchError, Fetcher
+from moepipe.scrape.netguard import is_blocked, parse_allowlist
 from tests.support.httpserver import Reply, TestServer
 
 UA = "moepipe/9.9 (+https://example.invalid/bot)"
@@ -474,7 +474,7 @@ def test_rate_limit_spaces_requests_per_host(server):
 
 
 def test_secrets_in_query_strings_are_redacted_from_errors():
-    from moepipe.fetch import FetchError, redact
+    from moepipe.scrape.fetch import FetchError, redact
 
     assert redact("http://h/posts.json?login=a&api_key=s3cret&page=2") == "http://h/posts.json?login=a&api_key=***&page=2"
     error = FetchError("http_401", "http://h/p?api_key=s3cret")

@@ -37,7 +37,7 @@ def registered(prepared16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     """A tiny generator registered as moe-generator v1 (champion); returns the tracking URI."""
     import mlflow
 
-    from moepipe.registry import register
+    from moepipe.registry.register import register
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)

@@ -80,7 +80,7 @@ def render_avatar_png(seed: int, size: int = 64) -> tuple[bytes, list[str]]:
     """A small, unique avatar PNG and its booru tags (the synthetic renderer's when available)."""
     try:
         import numpy as np
-        from moepipe.sources.synthetic.render import render_avatar, sample_spec
+        from moepipe.scrape.sources.synthetic.render import render_avatar, sample_spec
 
         rng = np.random.default_rng(seed)
         spec = sample_spec(rng)

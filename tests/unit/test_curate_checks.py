@@ -10,8 +10,8 @@ from moepipe.config import CurateConfig, SyntheticSource
 from moepipe.curate import checks
 from moepipe.curate.checks import Rejection, image_stats, line_art
 from moepipe.images import encode_png
-from moepipe.sources.synthetic.gallery import clean_post_image, make_monochrome
-from moepipe.sources.synthetic.render import render_non_avatar
+from moepipe.scrape.sources.synthetic.gallery import clean_post_image, make_monochrome
+from moepipe.scrape.sources.synthetic.render import render_non_avatar
 
 CFG = CurateConfig()
 

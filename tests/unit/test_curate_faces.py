@@ -76,7 +76,7 @@ def test_normalised_crop_centres_portraits_and_frames_faces():
 def test_animeface_finds_the_face_of_synthetic_chibi_avatars():
     pytest.importorskip("animeface")
     from moepipe.config import SyntheticSource
-    from moepipe.sources.synthetic.gallery import clean_post_image
+    from moepipe.scrape.sources.synthetic.gallery import clean_post_image
 
     assert faces.run_detector(Image.new("RGB", (128, 128), (255, 255, 255))) == []
     source = SyntheticSource(kind="synthetic", seed=0, limit=12)

@@ -15,7 +15,7 @@ from moepipe.curate.faces import FaceBox
 from moepipe.errors import UserError
 from moepipe.images import encode_png
 from moepipe.manifest import read_jsonl
-from moepipe.sources.synthetic.gallery import clean_post_image, make_monochrome, make_near_duplicate
+from moepipe.scrape.sources.synthetic.gallery import clean_post_image, make_monochrome, make_near_duplicate
 
 RATINGS = ["general", "sensitive"]
 CFG = CurateConfig(workers=1, contact_sheet_max=16)

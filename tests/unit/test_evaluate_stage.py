@@ -18,7 +18,7 @@ from moepipe.data import PackedSet
 from moepipe.errors import UserError
 from moepipe.evaluate.features import load_classifier
 from moepipe.evaluate.stage import _edit_locality, _locality_edits, classifier_stage, evaluate, report_path
-from moepipe.generate import AvatarModel
+from moepipe.generate.avatar import AvatarModel
 from moepipe.train.loop import train
 
 TINY_GAN = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu", precision="fp32",

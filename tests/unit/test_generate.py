@@ -15,9 +15,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from moepipe.cli import app
-from moepipe.edits import fit_boundaries, learn_directions
+from moepipe.evaluate.directions import fit_boundaries, learn_directions
 from moepipe.errors import UserError
-from moepipe.generate import AvatarModel, Directions, png_bytes
+from moepipe.generate.avatar import AvatarModel, Directions, png_bytes
 from moepipe.models import build_models
 from moepipe.train.loop import GENERATOR_FORMAT
 
@@ -381,7 +381,7 @@ def test_generate_unknown_registered_model_is_one_line(tmp_path: Path, monkeypat
 def test_generate_from_a_logged_pyfunc_model(files, conditional: AvatarModel, tmp_path: Path) -> None:
     import mlflow.pyfunc
 
-    from moepipe.pyfunc import model_code, signature
+    from moepipe.registry.pyfunc import model_code, signature
 
     folder = tmp_path / "logged"
     mlflow.pyfunc.save_model(str(folder), python_model=str(model_code()), signature=signature(),

@@ -9,7 +9,7 @@ from moepipe.config import parse_params
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.manifest import write_jsonl
-from moepipe.preprocess import preprocess, split_of
+from moepipe.preprocess.stage import preprocess, split_of
 
 
 def make_curated(folder, n=40, size=96):

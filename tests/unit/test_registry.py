@@ -18,7 +18,7 @@ from PIL import Image
 
 from moepipe.config import TrainConfig, parse_params
 from moepipe.errors import UserError
-from moepipe.promotion import decide
+from moepipe.registry.promotion import decide
 from moepipe.train.loop import train
 
 TINY = dict(width=8, z_dim=16, batch_size=8, steps=2, deterministic=True, threads=1, device="cpu",
@@ -75,7 +75,7 @@ def variant(trained: Path, folder: Path, n: int) -> Path:
 
 
 def run_register(store, trained: Path, generator: Path, metrics: dict, **register_params):
-    from moepipe.registry import register
+    from moepipe.registry.register import register
 
     uri, artifacts = store
     folder = generator.parent
@@ -152,7 +152,7 @@ def test_champion_only_when_better_and_every_decision_is_recorded(store, trained
 
 
 def test_a_run_holds_params_lineage_curves_pictures_and_card(store, trained: Path, tmp_path: Path) -> None:
-    from moepipe.registry import sha256_file
+    from moepipe.registry.register import sha256_file
 
     generator = variant(trained, tmp_path, 7)
     report = run_register(store, trained, generator, {"fd": 3.0, "control_accuracy.hair_color": 0.7, **GOOD})
@@ -191,7 +191,7 @@ def test_registering_the_same_generator_again_reuses_its_version(store, trained:
 
 def test_a_version_left_incomplete_by_a_killed_registration_is_replaced(store, trained: Path,
                                                                         tmp_path: Path) -> None:
-    from moepipe.registry import sha256_file
+    from moepipe.registry.register import sha256_file
 
     generator = variant(trained, tmp_path, 13)
     client = client_of(store)
@@ -207,9 +207,9 @@ def test_concurrent_promotions_end_with_the_best_champion(store, trained: Path, 
                                                          monkeypatch: pytest.MonkeyPatch, locked: bool) -> None:
     """Three registrations at once. Without the lock, each decides against the same (missing)
     champion before any of them writes the alias: the check-then-write race that reconcile repairs."""
-    import moepipe.promotion as promotion
-    import moepipe.registry as registry
-    from moepipe.promotion import Registry
+    import moepipe.registry.promotion as promotion
+    import moepipe.registry.register as registry
+    from moepipe.registry.promotion import Registry
 
     generators = {fd: variant(trained, tmp_path, n) for n, fd in enumerate([7.0, 5.0, 6.0])}
     if not locked:
@@ -266,7 +266,7 @@ class _unlocked:
 
 
 def test_the_store_lock_excludes_a_second_holder(tmp_path: Path) -> None:
-    from moepipe.registry import store_lock
+    from moepipe.registry.register import store_lock
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with store_lock(uri) as locked:
@@ -279,7 +279,7 @@ def test_the_store_lock_excludes_a_second_holder(tmp_path: Path) -> None:
 
 
 def _try_lock(uri: str) -> str:
-    from moepipe.registry import store_lock
+    from moepipe.registry.register import store_lock
 
     try:
         with store_lock(uri, timeout_s=0.3):
@@ -293,7 +293,7 @@ def test_champion_pyfunc_draws_signed_pngs_and_rejects_bad_rows(store, trained: 
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from moepipe.generate import AvatarModel
+    from moepipe.generate.avatar import AvatarModel
 
     report = run_register(store, trained, variant(trained, tmp_path, 21), {"fd": 4.0, **GOOD})
     model = mlflow.pyfunc.load_model("models:/moe-generator@champion")
@@ -380,7 +380,7 @@ def test_generate_draws_from_the_registered_champion(store, trained: Path, tmp_p
     from typer.testing import CliRunner
 
     from moepipe.cli import app
-    from moepipe.generate import AvatarModel
+    from moepipe.generate.avatar import AvatarModel
 
     report = run_register(store, trained, variant(trained, tmp_path, 31), {"fd": 3.0, **GOOD})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store[0])

@@ -75,7 +75,7 @@ def test_a_watched_process_is_stopped_when_the_watch_says_so() -> None:
 def test_register_names_the_artifact_store_that_is_down(dead_endpoint: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    from moepipe.tracking import artifact_store_failure
+    from moepipe.registry.tracking import artifact_store_failure
 
     server = "http://127.0.0.1:5000"
     error = MlflowException(f"API request to {server}/api/2.0/mlflow-artifacts/artifacts/1/r/artifacts/a.png failed "

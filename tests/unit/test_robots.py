@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from moepipe.robots import RobotsRules, forbids_ai, normalize_path, parse_robots, product_token
+from moepipe.scrape.robots import RobotsRules, forbids_ai, normalize_path, parse_robots, product_token
 
 
 def allowed(text: str, path: str, token: str = "moepipe") -> bool:

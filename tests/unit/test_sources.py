@@ -13,8 +13,8 @@ from PIL import Image
 
 from moepipe.config import DanbooruSource, FolderSource, GelbooruSource, UrlsSource
 from moepipe.errors import UserError
-from moepipe.sources import iter_source
-from moepipe.sources import danbooru, folder, gelbooru, urls
+from moepipe.scrape.sources import iter_source
+from moepipe.scrape.sources import danbooru, folder, gelbooru, urls
 
 
 class ScriptedFetcher:
@@ -78,7 +78,7 @@ def test_danbooru_asks_only_for_what_the_limit_leaves() -> None:
 def test_danbooru_skips_posts_without_a_file_and_counts_them(caplog: pytest.LogCaptureFixture) -> None:
     page = [dan_post(9), dan_post(8, file_url=None, md5=None), dan_post(7, file_url=""), dan_post(6)]
     fetcher = ScriptedFetcher([page, [dan_post(5)], []])
-    with caplog.at_level(logging.INFO, logger="moepipe.sources.danbooru"):
+    with caplog.at_level(logging.INFO, logger="moepipe.scrape.sources.danbooru"):
         posts = list(danbooru.iter_posts(dan_cfg(page_size=4, limit=3), fetcher))
     assert [p.post_id for p in posts] == ["9", "6", "5"]
     assert fetcher.calls[1][1] == {"limit": 1, "page": "b6"}  # the cursor passes skipped posts too
@@ -152,7 +152,7 @@ def test_danbooru_error_object_is_a_user_error() -> None:
 
 
 def test_listing_errors_never_show_the_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    from moepipe.fetch import FetchError
+    from moepipe.scrape.fetch import FetchError
 
     class Refusing(ScriptedFetcher):
         def get_json(self, url: str, params: dict[str, Any] | None = None) -> Any:
@@ -310,7 +310,7 @@ def test_folder_reads_images_by_magic_bytes_with_sidecar_tags(tmp_path: Any, cap
     (tmp_path / "a.jpg.txt").write_text("chibi solo")
     (tmp_path / "notes.jpg").write_text("not an image")
     (tmp_path / "sub" / "c.png").write_bytes(png_bytes((7, 8, 9)))
-    with caplog.at_level(logging.INFO, logger="moepipe.sources.folder"):
+    with caplog.at_level(logging.INFO, logger="moepipe.scrape.sources.folder"):
         posts = list(iter_source(FolderSource(kind="folder", path=tmp_path), fetcher=None))
     assert [p.post_id for p in posts] == ["a.jpg", "b.png", "sub/c.png"]
     assert posts[0].tags == ["chibi", "solo"] and posts[0].rating == "general"

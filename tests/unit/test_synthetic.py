@@ -13,7 +13,7 @@ from PIL import Image
 
 from moepipe.config import DirtRates, LabelsConfig, SyntheticSource
 from moepipe.images import ImageError, decode_rgb, read_header, sha256_hex, sniff_kind
-from moepipe.sources.synthetic import (
+from moepipe.scrape.sources.synthetic import (
     ACCESSORIES,
     EXPRESSIONS,
     EYE_COLORS,
@@ -27,8 +27,8 @@ from moepipe.sources.synthetic import (
     render_non_avatar,
     sample_spec,
 )
-from moepipe.sources.synthetic.gallery import DIRT_KINDS, dirt_counts
-from moepipe.sources.synthetic.preview import preview_specs
+from moepipe.scrape.sources.synthetic.gallery import DIRT_KINDS, dirt_counts
+from moepipe.scrape.sources.synthetic.preview import preview_specs
 
 BASE = AvatarSpec("brown_hair", "short_hair", "blue_eyes", "smile", "1girl")
 GROUPS = LabelsConfig().groups

@@ -1,6 +1,6 @@
 """Contact sheets of the synthetic gallery: every attribute value, and one of each kind of dirt.
 
-    python -m moepipe.sources.synthetic.preview docs/preview.png   # also writes docs/preview-dirt.png
+    python -m moepipe.scrape.sources.synthetic.preview docs/preview.png   # also writes docs/preview-dirt.png
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from PIL import Image, ImageDraw, ImageFile, ImageFont
 
 from moepipe.config import SyntheticSource
 from moepipe.images import sniff_kind
-from moepipe.sources.base import Post
-from moepipe.sources.synthetic.gallery import DIRT_KINDS, iter_posts
-from moepipe.sources.synthetic.render import render_avatar
-from moepipe.sources.synthetic.spec import EXPRESSIONS, EYE_COLORS, HAIR_COLORS, HAIRSTYLES, AvatarSpec
+from moepipe.scrape.sources.base import Post
+from moepipe.scrape.sources.synthetic.gallery import DIRT_KINDS, iter_posts
+from moepipe.scrape.sources.synthetic.render import render_avatar
+from moepipe.scrape.sources.synthetic.spec import EXPRESSIONS, EYE_COLORS, HAIR_COLORS, HAIRSTYLES, AvatarSpec
 
 TILE, GAP = 128, 4
 _ACCESSORY_CYCLE: tuple[tuple[str, ...], ...] = (

@@ -1,8 +1,8 @@
 """The embedded default source: procedurally drawn chibi avatars with known attributes and dirt."""
 
-from moepipe.sources.synthetic.gallery import iter_posts, plan_gallery, post_at
-from moepipe.sources.synthetic.render import render_avatar, render_non_avatar
-from moepipe.sources.synthetic.spec import (
+from moepipe.scrape.sources.synthetic.gallery import iter_posts, plan_gallery, post_at
+from moepipe.scrape.sources.synthetic.render import render_avatar, render_non_avatar
+from moepipe.scrape.sources.synthetic.spec import (
     ACCESSORIES,
     EXPRESSIONS,
     EYE_COLORS,

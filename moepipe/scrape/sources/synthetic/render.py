@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from moepipe.sources.synthetic import accessories, face, hair
-from moepipe.sources.synthetic.canvas import RGB, Canvas, mix, shade
-from moepipe.sources.synthetic.spec import EYE_COLORS, HAIR_COLORS, AvatarSpec, sample_spec
+from moepipe.scrape.sources.synthetic import accessories, face, hair
+from moepipe.scrape.sources.synthetic.canvas import RGB, Canvas, mix, shade
+from moepipe.scrape.sources.synthetic.spec import EYE_COLORS, HAIR_COLORS, AvatarSpec, sample_spec
 
 __all__ = ["AvatarSpec", "sample_spec", "render_avatar", "render_non_avatar", "SUPERSAMPLE"]
 

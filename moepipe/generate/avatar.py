@@ -9,7 +9,7 @@ Conditional generators take attributes as label vectors. Unconditional ones take
 edits (InterFaceGAN): each tag has a unit normal n and offset b of a linear boundary in z space,
 and asking for the tag moves z along n until its signed distance n.z + b reaches
 ``edit_distance`` (z that is already that far on the tag's side stays where it is).
-`moepipe.edits` learns the boundaries. DCGAN truncation scales z toward the prior's mode
+`moepipe.evaluate.directions` learns the boundaries. DCGAN truncation scales z toward the prior's mode
 before the edit, so an edited avatar still lands at the edit distance whatever psi is;
 StyleGAN truncation acts later, in w, and pulls edits toward the average face as well.
 
@@ -420,7 +420,7 @@ def _check_options(n: int, columns: int, steps: int, truncation: float, interpol
         raise UserError(f"--columns must be at least 1 (got {columns})")
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (got {steps})")
-    if not 0 <= truncation <= 2:  # the range the served model accepts (moepipe/pyfunc.py)
+    if not 0 <= truncation <= 2:  # the range the served model accepts (moepipe/registry/pyfunc.py)
         raise UserError(f"--truncation must be in [0, 2] (got {truncation:g})")
     if vary is not None and interpolate_to is not None:
         raise UserError("--vary and --interpolate draw different pictures; pick one")

@@ -17,9 +17,9 @@ from PIL import Image, ImageFilter, ImageOps
 
 from moepipe.config import SyntheticSource
 from moepipe.images import ImageError, decode_rgb, encode_png, read_header
-from moepipe.sources.base import Post
-from moepipe.sources.synthetic.render import render_avatar, render_non_avatar
-from moepipe.sources.synthetic.spec import EYE_COLORS, HAIR_COLORS, AvatarSpec, sample_spec
+from moepipe.scrape.sources.base import Post
+from moepipe.scrape.sources.synthetic.render import render_avatar, render_non_avatar
+from moepipe.scrape.sources.synthetic.spec import EYE_COLORS, HAIR_COLORS, AvatarSpec, sample_spec
 
 DIRT_KINDS = ("duplicate", "near_duplicate", "tiny", "monochrome", "non_avatar", "truncated", "corrupt")
 COPY_KINDS = ("duplicate", "near_duplicate")  # dirt that repeats an earlier clean post

@@ -1,6 +1,6 @@
 """What one registration writes into MLflow: the run's params, curves, pictures, and the model version.
 
-Called by moepipe/registry.py with the store already chosen (and locked, for the embedded one).
+Called by moepipe/registry/register.py with the store already chosen (and locked, for the embedded one).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 
 from moepipe.config import RegisterConfig
 from moepipe.errors import TransientError
-from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG
+from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG
 
 MODEL_NAME_IN_RUN = "generator"
 VERSION_LINEAGE_TAGS = ("mlflow.source.git.commit", "moepipe.git_dirty", "dvc.md5.data/prepared", FINGERPRINT_TAG)
@@ -72,8 +72,8 @@ def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: st
                     train_reports: Path, metrics_json: Path, data_reports: Path,
                     artifacts: Mapping[str, Path | None]) -> ModelVersion:
     """A new run with everything logged, and a complete model version of cfg.model_name."""
-    from moepipe.generate import AvatarModel
-    from moepipe.pyfunc import input_example, model_code, package_dir, requirements, signature
+    from moepipe.generate.avatar import AvatarModel
+    from moepipe.registry.pyfunc import input_example, model_code, package_dir, requirements, signature
 
     run_tags = {**tags, "moepipe.arch": str(summary.get("arch")), "moepipe.generator_step": str(summary.get("step"))}
     run = client.create_run(experiment_id, run_name=f"{summary.get('arch')}-{summary.get('resolution')}px-"
@@ -152,7 +152,7 @@ def artifact_store_failure(error: BaseException, tracking_uri: str,
                               f"{s3_transport_reason(error)}; {after}")
     if not (isinstance(error, MlflowException) and "/mlflow-artifacts/" in str(error)):
         return None
-    from moepipe.registry import redact
+    from moepipe.registry.register import redact
 
     server = f"MLflow server {redact(tracking_uri)}"
     endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL")

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urljoin
 
 from moepipe.errors import UserError
-from moepipe.sources.base import Post, normalize_rating
-from moepipe.sources.danbooru import api_key_from_env, base_url, booru_post, get_listing
+from moepipe.scrape.sources.base import Post, normalize_rating
+from moepipe.scrape.sources.danbooru import api_key_from_env, base_url, booru_post, get_listing
 
 if TYPE_CHECKING:
     from moepipe.config import GelbooruSource
-    from moepipe.fetch import Fetcher
+    from moepipe.scrape.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 

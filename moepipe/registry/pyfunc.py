@@ -3,14 +3,14 @@
 Input rows: `seed` (long), `attributes` (comma-separated vocabulary tags, may be empty or
 missing), `truncation` (double psi in [0, 2], missing = 1.0). A conditional model draws every
 attribute group a row leaves out from its label prior, by the row's seed (same row, same avatar;
-see moepipe/generate.py). Output: a DataFrame with one column `image`, each cell a base64-encoded
+see moepipe/generate/avatar.py). Output: a DataFrame with one column `image`, each cell a base64-encoded
 PNG whose tEXt chunks name the registered model and version, the seed, the attributes as asked,
 the attributes drawn (`drawn_attributes`, with the fill) and the truncation.
 
 The registered version number reaches the PNGs honestly: the registry step creates the model
 version *before* it writes the model's files (the version's source is a pending MLflow
 LoggedModel, which is filled in afterwards), so the version is known when the MLmodel file is
-written and travels in `model_config` (see moepipe/registry.py).
+written and travels in `model_config` (see moepipe/registry/register.py).
 
 The model carries its own copy of the moepipe package (`code_paths`): a registered version keeps
 the code that made it, so `mlflow models serve -m models:/moe-generator@champion --env-manager
@@ -34,7 +34,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from moepipe.errors import UserError
-from moepipe.generate import AvatarModel, png_bytes
+from moepipe.generate.avatar import AvatarModel, png_bytes
 
 MAX_ROWS = 256  # avatars per request; a bigger batch is a client mistake, not a reason to OOM
 TRUNCATION_RANGE = (0.0, 2.0)

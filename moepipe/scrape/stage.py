@@ -31,7 +31,7 @@ from moepipe.errors import TransientError, UserError
 from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex
 from moepipe.manifest import JsonlLog, Manifest, read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
-from moepipe.sources import Post, iter_source, needs_network
+from moepipe.scrape.sources import Post, iter_source, needs_network
 
 
 @dataclass
@@ -70,7 +70,7 @@ class _Rejected(Exception):
 def _content_of(post: Post, fetcher: Any, cfg: ScrapeConfig) -> tuple[bytes, Any, str | None]:
     """The post's bytes, their header and the final URL; raises _Rejected."""
     if post.data is None:
-        from moepipe.fetch import FetchError
+        from moepipe.scrape.fetch import FetchError
 
         try:
             fetched = fetcher.get_image(post.url, expected_md5=post.md5)
@@ -165,7 +165,7 @@ def scrape(cfg: ScrapeConfig, out: Path) -> ScrapeReport:
     fetcher = None
     with ExitStack() as stack:
         if any(needs_network(source) for source in cfg.sources):
-            from moepipe.fetch import Fetcher
+            from moepipe.scrape.fetch import Fetcher
 
             fetcher = stack.enter_context(Fetcher(cfg))
         run = _Run(cfg, out, fetcher)
@@ -190,7 +190,7 @@ def _post_order(record: dict[str, Any]) -> tuple:
 
 
 def _scrape_source(run: _Run, source: Any, pool: ThreadPoolExecutor, progress: Any, task: Any) -> None:
-    from moepipe.fetch import FetchError
+    from moepipe.scrape.fetch import FetchError
 
     pending: set[Future] = set()
     submitted: set[tuple[str, str]] = set()  # a source listing a post twice must not store it twice

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from moepipe.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mix, path, shade
+from moepipe.scrape.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mix, path, shade
 
 EYE_X, EYE_Y = 0.42, 0.26   # eye centres, head units (chibi eyes sit low and wide apart)
 EYE_RX, EYE_RY = 0.215, 0.265

@@ -1,15 +1,15 @@
 """Register stage: one MLflow run per trained and evaluated generator, a model version, promotion.
 
-The pieces: this module (stores, lineage, the stage), moepipe/tracking.py (what goes into a run),
-moepipe/pyfunc.py (the served model), moepipe/promotion.py (champion rules and their concurrency
-argument), moepipe/modelcard.py (the markdown card).
+The pieces: this module (stores, lineage, the stage), moepipe/registry/tracking.py (what goes into a run),
+moepipe/registry/pyfunc.py (the served model), moepipe/registry/promotion.py (champion rules and their concurrency
+argument), moepipe/registry/modelcard.py (the markdown card).
 
 `register` logs everything that explains a generator into one run of `register.experiment`:
 all params (dotted names), lineage tags (git commit and dirty flag, DVC md5 hashes of the data
 and model from dvc.lock, sha256 of generator.pt), the training curves from metrics.csv (with
 their step numbers), the evaluation metrics, the evaluation pictures and last training sample
-grid, a model card, and the model itself as an MLflow pyfunc (moepipe/pyfunc.py). The model
-becomes a version of `register.model_name`, and moepipe/promotion.py decides whether that
+grid, a model card, and the model itself as an MLflow pyfunc (moepipe/registry/pyfunc.py). The model
+becomes a version of `register.model_name`, and moepipe/registry/promotion.py decides whether that
 version is the new `champion` or a `challenger`.
 
 Order of writes: the model version is created first, pointing at a pending MLflow LoggedModel,
@@ -21,7 +21,7 @@ that never counts as a candidate and that the next registration of the same gene
 (embedded store only: with a shared server it might be another process's work in progress).
 When storing artifacts fails because S3 is down (behind the MLflow server, or in front of this
 client), `register` ends in one line naming the endpoint, a TransientError: the CLI exits 75 and
-the flows retry (moepipe/tracking.py: artifact_store_failure).
+the flows retry (moepipe/registry/tracking.py: artifact_store_failure).
 
 Idempotent: the generator's sha256 identifies a registration. Registering the same generator.pt
 again creates no run or version; it re-checks the decision with the current gates and champion
@@ -286,9 +286,9 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
 
     from mlflow import MlflowClient
 
-    from moepipe.tracking import artifact_store_failure, log_new_version
-    from moepipe.modelcard import data_card, generator_summary, model_card
-    from moepipe.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
+    from moepipe.registry.tracking import artifact_store_failure, log_new_version
+    from moepipe.registry.modelcard import data_card, generator_summary, model_card
+    from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
 
     tags = lineage(Path(dvc_lock), generator, fingerprint)
     summary = generator_summary(generator)

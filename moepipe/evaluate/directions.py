@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from moepipe.errors import UserError
-from moepipe.generate import AvatarModel, Directions
+from moepipe.generate.avatar import AvatarModel, Directions
 
 MIN_EXAMPLES = 5  # a tag seen (or missed) fewer times than this in the samples gets no direction
 HOLDOUT = 0.2  # share of the samples kept out of the fit to measure each boundary's accuracy

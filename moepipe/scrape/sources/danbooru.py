@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlencode, urljoin
 
 from moepipe.errors import UserError
-from moepipe.sources.base import Post, normalize_rating
+from moepipe.scrape.sources.base import Post, normalize_rating
 
 if TYPE_CHECKING:
     from moepipe.config import DanbooruSource
-    from moepipe.fetch import Fetcher
+    from moepipe.scrape.fetch import Fetcher
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def get_listing(fetcher: "Fetcher", endpoint: str, params: dict[str, Any], secre
 
     The scrape stage prints the failing URL, and API keys travel as query parameters.
     """
-    from moepipe.fetch import FetchError
+    from moepipe.scrape.fetch import FetchError
 
     try:
         return fetcher.get_json(endpoint, params=params)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moepipe.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mirror, mix, path, shade
+from moepipe.scrape.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mirror, mix, path, shade
 
 # The skull the hair sits on: slightly larger than the face, centred a little higher.
 CAP_CY, CAP_RX, CAP_RY = -0.06, 1.12, 1.06

@@ -4,7 +4,7 @@ Every request goes through `Fetcher`: robots.txt (RFC 9309) per origin, an ident
 User-Agent, per-host spacing and concurrency caps shared by all threads, retries with full-jitter
 backoff (Retry-After honoured), connect/read timeouts plus a whole-body deadline, a streamed size
 cap, hand-followed redirects re-checked at every hop, and an address policy enforced where the
-socket opens (moepipe.netguard). Images are typed by magic bytes and checked for pixel count
+socket opens (moepipe.scrape.netguard). Images are typed by magic bytes and checked for pixel count
 before any decode. Failures are `FetchError` with a short machine-readable `reason`.
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from moepipe import netguard, robots
-from moepipe.hostlimits import HostLimits
+from moepipe.scrape import netguard, robots
+from moepipe.scrape.hostlimits import HostLimits
 from moepipe.config import ScrapeConfig
 from moepipe.images import ImageError, ImageHeader, read_header, sniff_kind
 

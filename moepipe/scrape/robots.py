@@ -1,7 +1,7 @@
 """robots.txt (RFC 9309) parsing and matching, and the `X-Robots-Tag: noai` response header.
 
 Pure functions over text: fetching, caching and the status-code rules (4xx: allow all, 5xx or
-unreachable: disallow all) live in moepipe.fetch.
+unreachable: disallow all) live in moepipe.scrape.fetch.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from moepipe.errors import UserError
 from moepipe.images import sniff_kind
-from moepipe.sources.base import Post, normalize_rating
+from moepipe.scrape.sources.base import Post, normalize_rating
 
 if TYPE_CHECKING:
     from moepipe.config import FolderSource

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 
-from moepipe.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mirror, mix, path, shade
-from moepipe.sources.synthetic.face import EYE_X, EYE_Y
-from moepipe.sources.synthetic.hair import HairPalette, cap_point
+from moepipe.scrape.sources.synthetic.canvas import RGB, Canvas, Point, arc_points, mirror, mix, path, shade
+from moepipe.scrape.sources.synthetic.face import EYE_X, EYE_Y
+from moepipe.scrape.sources.synthetic.hair import HairPalette, cap_point
 
 WHITE = (255, 255, 255)
 EAR_PINK = (255, 178, 190)

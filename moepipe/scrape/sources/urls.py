@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from moepipe.errors import UserError
-from moepipe.sources.base import Post, normalize_rating
-from moepipe.sources.folder import parse_tag_text
+from moepipe.scrape.sources.base import Post, normalize_rating
+from moepipe.scrape.sources.folder import parse_tag_text
 
 if TYPE_CHECKING:
     from moepipe.config import UrlsSource

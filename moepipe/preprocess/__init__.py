@@ -1,0 +1,1 @@
+"""Preprocess stage: curated crops -> seeded albumentations -> packed train/val arrays (data/prepared)."""
