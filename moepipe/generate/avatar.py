@@ -34,6 +34,8 @@ from PIL import Image, ImageDraw, PngImagePlugin
 
 from moepipe.errors import UserError
 from moepipe.models.attributes import AttributeLayout, Group
+from moepipe.models.dcgan import DCGANGenerator
+from moepipe.models.export import load_generator
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
 RENDER_BATCH = 16  # rows of every generator forward pass in `render` (see there)
@@ -76,7 +78,7 @@ class AvatarModel:
     def __init__(self, generator: torch.nn.Module, meta: Mapping[str, Any],
                  directions: Directions | None = None) -> None:
         self.generator = generator.eval()
-        if not hasattr(generator, "synthesis"):
+        if isinstance(generator, DCGANGenerator):
             # DCGAN's convs run faster channels-last on CPU (oneDNN). Pixels can differ from the
             # contiguous layout by a rare ±1 rounding, so every path draws through this one module.
             self.generator = generator.to(memory_format=torch.channels_last)
@@ -92,17 +94,7 @@ class AvatarModel:
     @classmethod
     def load(cls, path: Path, directions: Path | None = None, device: str = "cpu") -> "AvatarModel":
         """Load generator.pt (and, for an unconditional model, a directions file if it exists)."""
-        from moepipe.train.loop import load_generator
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: no such generator file")
-        try:
-            generator, meta = load_generator(path, device)
-        except UserError:
-            raise
-        except Exception as error:  # noqa: BLE001 - truncated, foreign or corrupt: the same user problem
-            raise UserError(f"{path}: cannot read the generator ({error.__class__.__name__})") from None
+        generator, meta = load_generator(Path(path), device)
         found = Directions.load(directions) if directions is not None and Path(directions).is_file() else None
         return cls(generator, meta, found)
 
@@ -242,9 +234,10 @@ class AvatarModel:
         n = z.shape[0]
         attributes = list(attributes) if attributes is not None else [[] for _ in range(n)]
         psi = torch.as_tensor(truncation, dtype=torch.float32).expand(n).clone() if n else torch.zeros(0)
-        stylegan = hasattr(self.generator, "synthesis")
-        if not stylegan:  # DCGAN has no w_avg: psi scales z toward the prior's mode, before edits
-            z = z * psi.reshape(-1, 1)
+        if self.generator.truncation_space == "z":
+            # psi scales z (toward the prior's mode) before the edits, so an edit still reaches
+            # its distance whatever psi is; the generator then draws at psi 1.
+            z, psi = z * psi.reshape(-1, 1), torch.ones_like(psi)
         if not self.conditional:
             z = self.edit(z, attributes)
         labels = self.label_vectors(attributes) if self.conditional else None
@@ -254,14 +247,8 @@ class AvatarModel:
             rows = z[part].shape[0]
             zb, pb = _padded(z[part], self.device), _padded(psi[part], self.device)
             lb = _padded(labels[part], self.device) if labels is not None else None
-            out[part] = to_uint8(self._forward(zb, pb, lb, stylegan)[:rows])
+            out[part] = to_uint8(self.generator(zb, lb, truncation_psi=pb, noise_mode="const")[:rows])
         return out
-
-    def _forward(self, z: torch.Tensor, psi: torch.Tensor, labels: torch.Tensor | None,
-                 stylegan: bool) -> torch.Tensor:
-        if stylegan:
-            return self.generator(z, labels, truncation_psi=psi, noise_mode="const")
-        return self.generator(z, labels)
 
     def draw(self, seeds: Sequence[int], attributes: Sequence[str] | str | None = None,
              truncation: float = 1.0) -> np.ndarray:

@@ -157,8 +157,18 @@ class DCGANGenerator(nn.Module):
             # N(0, 1) puts each tag's code on the same scale as a component of z.
             nn.init.normal_(self.embed.weight, 0.0, 1.0)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z (N, z_dim), labels (N, label_dim) or None (= no tags) -> (N, 3, R, R) in [-1, 1]."""
+    truncation_space = "z"  # psi scales z toward the prior's mode (there is no learned average)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None,
+                truncation_psi: float | torch.Tensor = 1.0, noise_mode: str = "const") -> torch.Tensor:
+        """z (N, z_dim), labels (N, label_dim) or None (= no tags) -> (N, 3, R, R) in [-1, 1].
+
+        ``truncation_psi`` (a float or one per row) scales z first; ``noise_mode`` is accepted
+        for the shared generator signature (DCGAN draws no noise).
+        """
+        if not isinstance(truncation_psi, (int, float)) or truncation_psi != 1.0:
+            psi = torch.as_tensor(truncation_psi, dtype=z.dtype, device=z.device)
+            z = z * (psi.reshape(-1, 1) if psi.ndim else psi)
         code = z
         if self.embed is not None:
             labels = resolve_labels(labels, z.shape[0], self.label_dim, z.device)
@@ -186,9 +196,8 @@ class DCGANGenerator(nn.Module):
         """
         with evaluating(self):
             device = module_device(self)
-            psi = torch.as_tensor(truncation_psi, dtype=torch.float32, device=device)
-            z = sample_latents(n, self.z_dim, device, generator) * psi.reshape(-1, 1)
-            return self(z, resolve_labels(labels, n, self.label_dim, device)).float()
+            z = sample_latents(n, self.z_dim, device, generator)
+            return self(z, resolve_labels(labels, n, self.label_dim, device), truncation_psi).float()
 
 
 class DCGANDiscriminator(nn.Module):

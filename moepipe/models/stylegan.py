@@ -254,6 +254,8 @@ class StyleGenerator(nn.Module):
             w_index += block.num_conv
         return torch.tanh(img) if self.output_tanh else img
 
+    truncation_space = "w"  # psi pulls w toward the tracked average w
+
     def forward(
         self,
         z: torch.Tensor,

@@ -12,35 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 
 from moepipe.config import Params
-
-
-def generator_summary(generator: Path) -> dict[str, Any]:
-    """What generator.pt says about itself, without building the network (parameter count from shapes)."""
-    payload = torch.load(generator, map_location="cpu", weights_only=True)
-    state = payload.get("state_dict", {})
-    return {
-        "arch": payload.get("arch"),
-        "resolution": payload.get("resolution"),
-        "label_dim": payload.get("label_dim", 0),
-        "vocabulary": list(payload.get("vocabulary") or []),
-        "groups": sorted((payload.get("groups") or {}).keys()),
-        "model_kwargs": dict(payload.get("model_kwargs") or {}),
-        "step": payload.get("step"),
-        "kimg": payload.get("kimg"),
-        "parameters": int(sum(t.numel() for t in state.values() if torch.is_tensor(t) and t.is_floating_point())),
-        "train_config": _json_or_empty(payload.get("train_config")),
-    }
-
-
-def _json_or_empty(text: Any) -> dict[str, Any]:
-    try:
-        value = json.loads(text) if isinstance(text, str) else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+from moepipe.models.export import generator_summary
 
 
 def data_card(manifest: Path, data_reports: Path) -> dict[str, Any]:

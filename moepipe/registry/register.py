@@ -287,7 +287,8 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
     from mlflow import MlflowClient
 
     from moepipe.registry.tracking import artifact_store_failure, log_new_version
-    from moepipe.registry.modelcard import data_card, generator_summary, model_card
+    from moepipe.models.export import generator_summary
+    from moepipe.registry.modelcard import data_card, model_card
     from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
 
     tags = lineage(Path(dvc_lock), generator, fingerprint)

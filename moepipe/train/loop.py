@@ -24,6 +24,7 @@ from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.models import build_models
 from moepipe.models.attributes import AttributeLayout
+from moepipe.models.export import GENERATOR_FILE, save_generator
 from moepipe.progress import progress_bar
 from moepipe.train import checkpoint as ckpt
 from moepipe.train.augment import AdaptiveAugment
@@ -34,9 +35,6 @@ from moepipe.train.runtime import Runtime, pick_runtime
 from moepipe.train.sink import FileSink, MetricsSink
 from moepipe.train.samples import sample_grid, sample_labels
 
-GENERATOR_FORMAT = "moepipe-generator/2"
-# Format 1 files hold the transposed-convolution DCGAN with input-only conditioning.
-LEGACY_GENERATOR_FORMATS = {"moepipe-generator/1": {"dcgan": {"block": "transposed"}}}
 # Settings that change what is computed; the rest (logging, step count ...) may change on resume.
 _NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
                        "threads", "sample_columns", "compile", "profile"}
@@ -282,34 +280,11 @@ class _Trainer:
 
 
 def export_generator(trainer: _Trainer, path: Path, step: int, cfg: TrainConfig) -> None:
-    """The EMA generator as a self-describing, weights_only-loadable file."""
-    from moepipe.images import atomic_write
-    import io
-
-    payload = {
-        "format": GENERATOR_FORMAT, "arch": cfg.arch, "resolution": trainer.resolution,
-        "label_dim": trainer.label_dim, "model_kwargs": model_kwargs(cfg, trainer.layout),
-        "vocabulary": trainer.data.vocabulary if trainer.label_dim else [],
-        "groups": trainer.data.meta.get("groups", {}), "label_prior": trainer.prior, "step": step,
-        "kimg": step * cfg.batch_size / 1000, "train_config": json.dumps(cfg.model_dump()),
-        "state_dict": {k: v.cpu() for k, v in trainer.ema.module.state_dict().items()},
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write(path, buffer.getvalue())
-
-
-def load_generator(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild an exported generator (eval mode) and its metadata."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    kind = payload.get("format") if isinstance(payload, dict) else None
-    if kind != GENERATOR_FORMAT and kind not in LEGACY_GENERATOR_FORMATS:
-        raise UserError(f"{path}: not a moepipe generator file")
-    legacy = LEGACY_GENERATOR_FORMATS.get(kind, {}).get(payload["arch"], {})
-    generator, _ = build_models(payload["arch"], payload["resolution"], payload["label_dim"],
-                                **{**legacy, **payload["model_kwargs"]})
-    generator.load_state_dict(payload["state_dict"])
-    return generator.to(device).eval(), payload
+    """The EMA generator as a generator file (moepipe/models/export.py)."""
+    save_generator(path, trainer.ema.module, arch=cfg.arch, model_kwargs=model_kwargs(cfg, trainer.layout),
+                   vocabulary=trainer.data.vocabulary if trainer.label_dim else [],
+                   groups=trainer.data.meta.get("groups", {}), label_prior=trainer.prior, step=step,
+                   kimg=step * cfg.batch_size / 1000, train_config=cfg.model_dump())
 
 
 def train(cfg: TrainConfig, seed: int, prepared: Path, out: Path, *, reports: Path | None = None,
@@ -373,7 +348,7 @@ def _train(cfg, seed, data, runtime, world, out, reports, sink, echo) -> TrainRe
                                                  data.vocabulary))
             progress.update(task, completed=done)
     if world.is_main:
-        export_generator(trainer, out / "generator.pt", cfg.steps, cfg)
+        export_generator(trainer, out / GENERATOR_FILE, cfg.steps, cfg)
     seconds = time.perf_counter() - began
     trained = max(cfg.steps - start, 0)
     return TrainResult(steps=cfg.steps, resumed_from=start, kimg=cfg.steps * cfg.batch_size / 1000,

@@ -52,8 +52,7 @@ def sample_grid(generator: torch.nn.Module, rows: list[np.ndarray | None], colum
     tiles = []
     for vector in rows:
         labels = None if vector is None else torch.from_numpy(np.tile(vector, (columns, 1)))
-        kwargs = {"noise_mode": "const"} if hasattr(generator, "synthesis") else {}
-        images = generator(z.to(device), None if labels is None else labels.to(device), **kwargs)
+        images = generator(z.to(device), None if labels is None else labels.to(device), noise_mode="const")
         tiles.append(((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
     size = tiles[0].shape[1]
     captioned = vocabulary is not None and rows[0] is not None

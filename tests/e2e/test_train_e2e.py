@@ -16,7 +16,8 @@ import yaml
 
 from moepipe.config import parse_params
 from moepipe.data import PackedSet, to_tensor
-from moepipe.train.loop import load_generator, train
+from moepipe.models.export import load_generator
+from moepipe.train.loop import train
 
 pytestmark = pytest.mark.e2e
 

@@ -206,7 +206,9 @@ class _StripeGenerator(nn.Module):
         self.z_dim, self.entangled = 4, entangled
         self.scale = nn.Parameter(torch.ones(()))
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    truncation_space = "z"
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, **_: object) -> torch.Tensor:
         if self.entangled:
             keys = (labels.round().long() * 2 ** torch.arange(labels.shape[1])).sum(dim=1).tolist()
             top = torch.stack([torch.rand(labels.shape[1], generator=torch.Generator().manual_seed(key)) * 2 - 1

@@ -19,7 +19,7 @@ from moepipe.evaluate.directions import fit_boundaries, learn_directions
 from moepipe.errors import UserError
 from moepipe.generate.avatar import AvatarModel, Directions, png_bytes
 from moepipe.models import build_models
-from moepipe.train.loop import GENERATOR_FORMAT
+from moepipe.models.export import GENERATOR_FORMAT
 
 GROUPS = {
     "hair_color": {"tags": ["blue_hair", "red_hair"], "multi": False},
@@ -95,10 +95,10 @@ class ShapeSensitive(nn.Module):
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
-        self.inner, self.z_dim = inner, inner.z_dim
+        self.inner, self.z_dim, self.truncation_space = inner, inner.z_dim, inner.truncation_space
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner(z, labels) + 0.02 * (z.shape[0] - 1)
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
+        return self.inner(z, labels, **kwargs) + 0.02 * (z.shape[0] - 1)
 
 
 def test_every_avatar_of_a_batch_is_pixel_for_pixel_its_lone_self(conditional: AvatarModel) -> None:
@@ -181,11 +181,12 @@ class Recorder(nn.Module):
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner, self.z_dim, self.seen, self.labels = inner, inner.z_dim, [], []
+        self.truncation_space = inner.truncation_space
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         self.seen.append(z.clone())
         self.labels.append(labels.clone() if labels is not None else None)
-        return self.inner(z, labels)
+        return self.inner(z, labels, **kwargs)
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(z, labels) of every row drawn since the last take, in order, without render's padding."""
@@ -226,7 +227,9 @@ class ColourGenerator(nn.Module):
         super().__init__()
         self.z_dim, self.u = u.shape[1], nn.Parameter(u, requires_grad=False)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    truncation_space = "z"
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, **_: object) -> torch.Tensor:
         return torch.tanh(0.5 * z @ self.u.T)[:, :, None, None].expand(-1, -1, 8, 8)
 
 
@@ -421,9 +424,9 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, torch.Tenso
 
     calls, original = [], DCGANGenerator.forward
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
         calls.append((z.detach().clone(), None if labels is None else labels.detach().clone()))
-        return original(self, z, labels)
+        return original(self, z, labels, **kwargs)
 
     monkeypatch.setattr(DCGANGenerator, "forward", forward)
     return calls

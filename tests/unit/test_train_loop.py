@@ -10,7 +10,8 @@ import torch
 
 from moepipe.config import TrainConfig
 from moepipe.train import checkpoint as ckpt
-from moepipe.train.loop import TrainingDiverged, load_generator, train
+from moepipe.models.export import load_generator
+from moepipe.train.loop import TrainingDiverged, train
 
 TINY = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu",
             precision="fp32", checkpoint_every=3, log_every=1, sample_every=3, sample_columns=3)
