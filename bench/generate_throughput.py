@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moepipe.config import Params  # noqa: E402
-from moepipe.generate.avatar import AvatarModel, png_bytes  # noqa: E402
+from moepipe.generate.avatar import AvatarModel, avatar_text, png_bytes  # noqa: E402
 from moepipe.models import build_models  # noqa: E402
 
 GOAL = 500.0  # avatars/s, 64 px DCGAN, render path
@@ -70,9 +70,9 @@ def typical_tags(avatars: AvatarModel) -> list[str]:
 
 def _encode(images: np.ndarray, seeds: list[int], tags: list[str]) -> list[str]:
     """One base64 PNG per avatar with the tEXt chunks the pyfunc writes."""
-    return [base64.b64encode(png_bytes(image, {"model_name": "moe-generator", "model_version": "1",
-                                               "seed": str(s), "attributes": ",".join(tags),
-                                               "truncation": "0.7"})).decode("ascii")
+    provenance = {"model_name": "moe-generator", "model_version": "1"}
+    return [base64.b64encode(png_bytes(image, avatar_text("models:/moe-generator/1", s, tags, tags, 0.7,
+                                                          provenance))).decode("ascii")
             for image, s in zip(images, seeds)]
 
 

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_dask import DaskTaskRunner
 
@@ -82,10 +82,13 @@ def examine_on_task_runner(shard_size: int):
 
 
 @flow(name="curate-on-dask", description="moepipe curate with its per-image work on the flow's task runner")
-def curate_on_task_runner(raw: str, out: str, params: str, shard_size: int) -> dict[str, Any]:
+def curate_on_task_runner(raw: str, out: str, params: str, shard_size: int,
+                          reports: str | None = None) -> dict[str, Any]:
     p = load_params(params)
     report = curate(p.curate, p.labels, list(p.scrape.ratings), Path(raw).absolute(), Path(out).absolute(),
-                    examine_all=examine_on_task_runner(shard_size))
+                    examine_all=examine_on_task_runner(shard_size),
+                    reports=Path(reports).absolute() if reports else None)
+    get_run_logger().info(report.summary)
     return report.to_json()
 
 
@@ -100,11 +103,14 @@ def task_runner(dask_address: str | None, n_workers: int) -> DaskTaskRunner:
 
 @flow(name="curate-fanout", description="curate data/raw → data/curated with the per-image work on Dask")
 def curate_fanout(raw: str = "data/raw", out: str = "data/curated", params: str = "params.yaml",
-                  dask_address: str | None = None, n_workers: int = 2, shard_size: int = 32) -> dict[str, Any]:
+                  dask_address: str | None = None, n_workers: int = 2, shard_size: int = 32,
+                  reports: str | None = "reports") -> dict[str, Any]:
     """Curate RAW into OUT like `moepipe curate`, the per-image checks fanned out over Dask.
 
     Args:
-        raw, out, params: as `moepipe curate --raw --out --params`.
+        raw, out, params, reports: as `moepipe curate --raw --out --params --reports` (the
+            report and contact sheets are published to `reports`, as dvc.yaml's curate stage does;
+            None: not published).
         dask_address: scheduler of an existing Dask cluster, e.g. "tcp://10.0.0.5:8786";
             default: a temporary LocalCluster of `n_workers` processes on this host.
         n_workers: worker processes of the temporary LocalCluster (ignored with dask_address).
@@ -115,7 +121,7 @@ def curate_fanout(raw: str = "data/raw", out: str = "data/curated", params: str 
         raise ValueError("shard_size and n_workers must be ≥ 1")
     runner = task_runner(dask_address, n_workers)
     return curate_on_task_runner.with_options(task_runner=runner)(raw=raw, out=out, params=params,
-                                                                  shard_size=shard_size)
+                                                                  shard_size=shard_size, reports=reports)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,24 @@
-"""DVC as the flows see it: the stage list in DAG order, and `dvc` commands run as subprocesses.
+"""DVC as the flows see it: the stage list in DAG order, which stages to run, and whether a
+failed step is worth another try.
 
-Nothing here knows Prefect. Failures are `StepFailed` (running the step again may help: a
-crash, a flaky network, another dvc process holding the repository lock) or `PermanentFailure`
-(it cannot: a stage's one-line `moepipe: error: ...` about bad params or missing input, an
-unknown stage or remote, an invalid dvc.yaml).
+Nothing here knows Prefect. Running `dvc`, resolving the remote and wording DVC's failures is
+moepipe.remote's. Failures are `StepFailed` (running the step again may help: a crash, a flaky
+network, another dvc process holding the repository lock) or `PermanentFailure` (it cannot: a
+stage's one-line `moepipe: error: ...` about bad params or missing input, an unknown stage or
+remote, an invalid dvc.yaml).
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from moepipe.remote import Remote, dvc_reason, failure_line, wait_watched
+from moepipe.errors import ERROR_PREFIX, EX_TEMPFAIL, UserError
+from moepipe.remote import ProcessRun, dvc_reason, open_repo, remote_name
 
-USER_ERROR_PREFIX = "moepipe: error:"
-# sysexits.h EX_TEMPFAIL, "try again later": a stage that exits with it is retried even when it
-# also printed a `moepipe: error:` line (e.g. a source that stayed unreachable through the
-# fetcher's own retries).
-EX_TEMPFAIL = 75
 _EXITED_WITH = re.compile(r"exited with (-?\d+)")
-
-LineSink = Callable[[str, str], None]  # (stream name "stdout" | "stderr", line without newline)
 
 
 class StepFailed(RuntimeError):
@@ -64,77 +53,11 @@ class StageInfo:
     upstream: tuple[str, ...]
 
 
-@dataclass
-class ProcessRun:
-    """A finished command: exit status, the tails of its output, wall time in seconds."""
-
-    args: list[str] | str
-    returncode: int
-    stdout: list[str]
-    stderr: list[str]
-    seconds: float
-    stopped: str | None = None  # why a watch stopped it (wait_watched), if one did
-
-
-def command_env() -> dict[str, str]:
-    """The environment for dvc and stage commands: this interpreter's scripts (`moepipe`) first."""
-    scripts = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "")
-    return {**os.environ, "PATH": f"{scripts}{os.pathsep}{path}" if path else scripts,
-            "DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def run_process(args: list[str] | str, cwd: Path, on_line: LineSink | None = None,
-                tail: int = 200, watch: Callable[[], str | None] | None = None) -> ProcessRun:
-    """Run a command (a shell string runs through the shell, as DVC runs `cmd:`), streaming lines.
-    WATCH, polled while it runs, can stop it by giving a reason (moepipe.remote.wait_watched)."""
-    started = time.monotonic()
-    process = subprocess.Popen(args, cwd=cwd, env=command_env(), shell=isinstance(args, str), text=True,
-                               errors="replace", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, bufsize=1)
-    kept: dict[str, deque[str]] = {"stdout": deque(maxlen=tail), "stderr": deque(maxlen=tail)}
-
-    def pump(name: str, stream) -> None:
-        for raw in stream:
-            line = raw.rstrip("\r\n")
-            kept[name].append(line)
-            if on_line is not None:
-                on_line(name, line)
-
-    # Each reader runs in a copy of this context, so that a line it logs goes to this run's
-    # Prefect API (settings live in context variables, which new threads do not inherit).
-    readers = [threading.Thread(target=contextvars.copy_context().run, args=(pump, name, getattr(process, name)),
-                                daemon=True) for name in ("stdout", "stderr")]
-    for reader in readers:
-        reader.start()
-    try:
-        stopped = wait_watched(process, watch)
-        returncode = process.wait()
-    except BaseException:
-        process.kill()  # a cancelled flow must not leave a stage running behind it
-        process.wait()
-        raise
-    finally:
-        for reader in readers:
-            reader.join()
-    return ProcessRun(args, returncode, list(kept["stdout"]), list(kept["stderr"]),
-                      time.monotonic() - started, stopped)
-
-
-def run_dvc(repo: Path, args: list[str], on_line: LineSink | None = None,
-            watch: Callable[[], str | None] | None = None) -> ProcessRun:
-    """`dvc ARGS` in REPO with this interpreter's DVC."""
-    return run_process([sys.executable, "-m", "dvc", *args], repo, on_line, watch=watch)
-
-
 def _open_repo(repo: Path):
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     try:
-        return Repo(str(repo))
-    except DvcException as error:
-        raise PermanentFailure("dvc", f"cannot open the DVC project at {repo}: {error}") from None
+        return open_repo(repo)
+    except UserError as error:
+        raise PermanentFailure("dvc", str(error)) from None
 
 
 def pipeline_stages(repo: Path) -> list[StageInfo]:
@@ -187,15 +110,12 @@ def select_stages(stages: list[StageInfo], names: list[str] | None) -> list[Stag
 
 
 def resolve_remote(repo: Path, remote: str | None) -> str | None:
-    """The DVC remote to pull from and push to: REMOTE, else the default one, else None (none set)."""
-    with _open_repo(repo) as dvc_repo:
-        config = dvc_repo.config
-        remotes = sorted(config.get("remote", {}))
-        name = remote or config.get("core", {}).get("remote")
-    if name is not None and name not in remotes:
-        raise PermanentFailure("dvc remote", f"no DVC remote named {name!r} "
-                                             f"(configured: {', '.join(remotes) or 'none'})")
-    return name
+    """The DVC remote to pull from and push to: REMOTE, else the default one, else None (none set);
+    an unknown remote is a PermanentFailure (moepipe.remote.remote_name)."""
+    try:
+        return remote_name(repo, remote)
+    except UserError as error:
+        raise PermanentFailure("dvc remote", str(error)) from None
 
 
 def repro_outcome(stage: str, run: ProcessRun) -> str:
@@ -211,9 +131,11 @@ def repro_outcome(stage: str, run: ProcessRun) -> str:
 
 
 def command_failure(step: str, returncode: int, stderr: list[str]) -> StepFailed:
-    """Classify a failed stage command by its exit status and its own stderr lines."""
+    """Classify a failed stage command by its exit status and its own stderr lines: EX_TEMPFAIL is
+    retried even when the command also printed an error line (e.g. a source that stayed
+    unreachable through the fetcher's own retries); another `moepipe: error:` line is not."""
     lines = [line.strip() for line in stderr if line.strip()]
-    user_errors = [line for line in lines if line.startswith(USER_ERROR_PREFIX)]
+    user_errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     last = lines[-1] if lines else ""
     if returncode == EX_TEMPFAIL:
         return StepFailed(step, f"the command asked to be retried (exit status {returncode})", last)
@@ -233,20 +155,5 @@ def dvc_failure(step: str, run: ProcessRun) -> StepFailed:
         return command_failure(step, int(exited.group(1)) if exited else run.returncode, own)
     if "lock" in dvc_error.lower():
         return StepFailed(step, f"dvc: {dvc_error}", dvc_error)
-    lines = [line for line in run.stderr if line.strip()]
-    reason = dvc_error or (lines[-1].strip() if lines else f"dvc exited with status {run.returncode}")
-    return PermanentFailure(step, f"dvc: {reason}", lines[-1].strip() if lines else "")
-
-
-def transfer_failure(step: str, run: ProcessRun, remote: Remote | None = None) -> StepFailed:
-    """A failed dvc pull/push: the remote exists (checked first), so the store or network failed.
-    With REMOTE, the reason is one line naming its endpoint (moepipe.remote.failure_line)."""
-    if run.stopped:
-        return StepFailed(step, run.stopped)
-    if remote is not None:
-        reason = failure_line(remote, run.stderr, run.returncode)
-        return StepFailed(step, reason, dvc_reason(run.stderr, run.returncode))
     lines = [line.strip() for line in run.stderr if line.strip()]
-    errors = [line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")]
-    reason = errors[-1] if errors else f"dvc exited with status {run.returncode}"
-    return StepFailed(step, f"dvc: {reason}", lines[-1] if lines else "")
+    return PermanentFailure(step, f"dvc: {dvc_reason(run.stderr, run.returncode)}", lines[-1] if lines else "")

@@ -19,18 +19,14 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from moepipe.errors import TransientError, UserError
-from moepipe.remote import EndpointWatch, preflight, resolve as resolve_remote_endpoint
+from moepipe.remote import ProcessRun, closing_line, resolve, run_dvc, run_process, run_transfer
 
 from flows.dvc_stages import (
     PermanentFailure,
-    ProcessRun,
     StepFailed,
     command_failure,
     dvc_failure,
     repro_outcome,
-    run_dvc,
-    run_process,
-    transfer_failure,
 )
 
 TRANSFER_RETRIES = 3  # dvc pull/push: S3-compatible stores drop connections now and then
@@ -107,10 +103,10 @@ def run_stage_command(repo: str, stage: str, cmd: str, wdir: str) -> dict[str, A
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt()}
 
 
-def _dvc_step(repo: str, step: str, args: list[str], classify=transfer_failure) -> ProcessRun:
+def _dvc_step(repo: str, step: str, args: list[str]) -> ProcessRun:
     run = run_dvc(Path(repo), args, _line_logger())
     if run.returncode != 0:
-        raise _with_attempts(classify(step, run))
+        raise _with_attempts(dvc_failure(step, run))
     return run
 
 
@@ -118,16 +114,11 @@ def _transfer_step(repo: str, step: str, remote: str, args: list[str]) -> Proces
     """dvc pull/push after a preflight of the remote's S3 endpoint, watched while it runs (seconds,
     not DVC's retries of every file); any failure is one retryable line naming the endpoint."""
     try:
-        target = resolve_remote_endpoint(Path(repo), remote)
-        preflight(target)
-    except TransientError as error:
+        return run_transfer(Path(repo), resolve(Path(repo), remote), args, _line_logger())
+    except TransientError as error:  # the endpoint or the transfer failed: worth another try
         raise _with_attempts(StepFailed(step, str(error))) from None
-    except UserError as error:
+    except UserError as error:  # no such remote
         raise _with_attempts(PermanentFailure(step, str(error))) from None
-    run = run_dvc(Path(repo), args, _line_logger(), watch=EndpointWatch(target))
-    if run.returncode != 0:
-        raise _with_attempts(transfer_failure(step, run, target))
-    return run
 
 
 def _targets(targets: list[str] | None, with_deps: bool) -> list[str]:
@@ -140,7 +131,7 @@ def dvc_pull(repo: str, remote: str, targets: list[str] | None = None, with_deps
     run = _transfer_step(repo, "dvc pull", remote, ["pull", "--remote", remote, "--allow-missing",
                                                     *_targets(targets, with_deps)])
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt(),
-            "detail": _last_summary_line(run)}
+            "detail": closing_line(run)}
 
 
 @task(name="dvc-push", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
@@ -148,17 +139,11 @@ def dvc_push(repo: str, remote: str, targets: list[str] | None = None, with_deps
     """`dvc push`: every cached output of TARGETS (all stages by default) to the remote."""
     run = _transfer_step(repo, "dvc push", remote, ["push", "--remote", remote, *_targets(targets, with_deps)])
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt(),
-            "detail": _last_summary_line(run)}
+            "detail": closing_line(run)}
 
 
 @task(name="dvc-commit", cache_policy=NO_CACHE)
 def dvc_commit(repo: str, stage: str) -> dict[str, Any]:
     """`dvc commit --force STAGE`: record the stage's current deps, params and outputs in dvc.lock."""
-    run = _dvc_step(repo, f"dvc commit {stage}", ["commit", "--force", stage], classify=dvc_failure)
+    run = _dvc_step(repo, f"dvc commit {stage}", ["commit", "--force", stage])
     return {"outcome": "ran", "seconds": run.seconds, "attempts": _attempt()}
-
-
-def _last_summary_line(run: ProcessRun) -> str:
-    """DVC's closing line, e.g. "3 files pushed" or "Everything is up to date."."""
-    lines = [line.strip() for line in run.stdout if line.strip()]
-    return lines[-1] if lines else ""

@@ -14,7 +14,7 @@ from typing import Annotated, Callable
 import typer
 
 from moepipe.config import Params, load_params
-from moepipe.errors import UserError
+from moepipe.errors import UserError, error_line
 
 app = typer.Typer(
     name="moepipe",
@@ -31,7 +31,7 @@ ParamsOption = Annotated[
 
 
 def _fail(message: str, status: int = 1) -> None:
-    typer.echo(f"moepipe: error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(status)
 
 
@@ -61,18 +61,6 @@ ReportsOption = Annotated[
 ]
 
 
-def _publish(out: Path, reports: Path | None, stage: str, report_name: str = "report.json") -> None:
-    """Copy a stage's report and PNGs out of its (DVC-cached) output folder into `reports`."""
-    if reports is None:
-        return
-    import shutil
-
-    reports.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / report_name, reports / f"{stage}.json")
-    for picture in sorted(out.glob("*.png")):
-        shutil.copyfile(picture, reports / f"{stage}_{picture.name}")
-
-
 def _require_dir(path: Path, what: str) -> None:
     if not path.is_dir():
         raise UserError(f"{what} folder not found: {path}")
@@ -88,10 +76,7 @@ def scrape(
     def action(p: Params) -> str:
         from moepipe.scrape.stage import scrape as run_scrape
 
-        report = run_scrape(p.scrape, out)
-        _publish(out, reports, "scrape")
-        return (f"scrape: kept {report.kept}, already had {report.already_done}, rejected "
-                f"{sum(report.rejected.values())}, failed {sum(report.failed.values())} → {out}")
+        return run_scrape(p.scrape, out, reports=reports).summary
 
     _run(action, params)
 
@@ -108,10 +93,7 @@ def curate(
         _require_dir(raw, "raw data")
         from moepipe.curate import curate as run_curate
 
-        report = run_curate(p.curate, p.labels, list(p.scrape.ratings), raw, out)
-        _publish(out, reports, "curate")
-        data = report.to_json() if hasattr(report, "to_json") else dict(report)
-        return f"curate: kept {data['kept']} of {data['input']}, rejected {data['rejected_total']} → {out}"
+        return run_curate(p.curate, p.labels, list(p.scrape.ratings), raw, out, reports=reports).summary
 
     _run(action, params)
 
@@ -128,10 +110,7 @@ def preprocess(
         _require_dir(curated, "curated data")
         from moepipe.preprocess.stage import preprocess as run_preprocess
 
-        stats = run_preprocess(p.preprocess, p.labels, p.seed, curated, out)
-        _publish(out, reports, "preprocess", "stats.json")
-        counts = stats["images"]
-        return f"preprocess: {counts['train']} train, {counts['val']} val at {p.preprocess.resolution} px → {out}"
+        return run_preprocess(p.preprocess, p.labels, p.seed, curated, out, reports=reports).summary
 
     _run(action, params)
 
@@ -154,11 +133,7 @@ def train(
         _require_dir(prepared, "prepared data")
         from moepipe.train.loop import train as run_train
 
-        result = run_train(p.train, p.seed, prepared, out, reports=reports)
-        last = result.last
-        losses = f", D {last['loss_d']:.3f} G {last['loss_g']:.3f}" if last else ""
-        return (f"train: {result.steps} steps ({result.kimg:.1f} kimg, resumed at {result.resumed_from}) "
-                f"in {result.seconds:.0f} s, {result.images_per_s:.0f} img/s{losses} → {out / 'generator.pt'}")
+        return run_train(p.train, p.seed, prepared, out, reports=reports).summary
 
     _run(action, params)
 
@@ -179,7 +154,7 @@ def directions(
     def action(p: Params) -> str:
         from moepipe.evaluate.directions import directions_stage
 
-        return str(directions_stage(model, classifier, out, samples, p.seed))
+        return directions_stage(model, classifier, out, samples, p.seed).summary
 
     _run(action, params)
 
@@ -218,12 +193,9 @@ def generate(
     MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
     """
     try:
-        from moepipe.generate.avatar import is_model_uri, open_avatars, write_pictures
+        from moepipe.generate.avatar import open_avatars, write_pictures
 
-        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if is_model_uri(model) and not tracking_uri:
-            tracking_uri = (load_params(params) if Path(params).is_file() else Params()).registry.tracking_uri
-        avatars = open_avatars(model, directions, tracking_uri)
+        avatars = open_avatars(model, directions, params=params)
         summary = write_pictures(avatars, model, out=out, singles=singles, n=n, seed=seed, attributes=attributes,
                                  truncation=truncation, columns=columns, interpolate_to=interpolate, steps=steps,
                                  vary=vary)
@@ -248,24 +220,9 @@ def classifier_command(
     """
     def action(p: Params) -> str:
         _require_dir(prepared, "prepared data")
-        import shutil
+        from moepipe.evaluate.stage import classifier_stage
 
-        from moepipe.evaluate.stage import classifier_stage, report_path
-
-        report = classifier_stage(p.evaluate, p.seed, prepared, out)
-        if reports is not None:
-            reports.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(report_path(out), reports / "classifier.json")
-        scored = {k: v for k, v in report["accuracy"].items() if v is not None}
-        baseline = [v for k, v in report["baseline"].items() if k in scored and v is not None]
-        overall = "n/a (empty val split)" if report["overall"] is None else (
-            f"{report['overall']:.2f} (commonest value {sum(baseline) / max(1, len(baseline)):.2f})")
-        visible, hidden = report.get("accuracy_visible", {}), report.get("hidden_by", {})
-        groups = ", ".join(f"{name} {value:.2f}" + (f" ({visible[name]:.2f} unless {'/'.join(hidden[name])})"
-                                                     if name in visible and name in hidden else "")
-                           for name, value in scored.items())
-        return (f"classifier: held-out accuracy {overall}{'; ' + groups if groups else ''}; "
-                f"{report['epochs']} epochs in {report['train_seconds']:.0f} s → {out}")
+        return classifier_stage(p.evaluate, p.seed, prepared, out, reports=reports).summary
 
     _run(action, params)
 
@@ -291,14 +248,7 @@ def evaluate_command(
         _require_dir(prepared, "prepared data")
         from moepipe.evaluate.stage import evaluate as run_evaluate
 
-        metrics = run_evaluate(p.evaluate, p.seed, prepared, model, classifier, out)
-        parts = [f"fd {metrics['fd']:.4g}", f"kid {metrics['kid']:.3g}", f"precision {metrics['precision']:.2f}",
-                 f"recall {metrics['recall']:.2f}"]
-        if "control_accuracy" in metrics:
-            parts.append(f"control {metrics['control_accuracy']:.2f}")
-        if "fid" in metrics:
-            parts.append(f"fid {metrics['fid']:.4g}")
-        return f"evaluate: {', '.join(parts)} ({metrics['n_fake']} fakes vs {metrics['n_real']} val images) → {out}"
+        return run_evaluate(p.evaluate, p.seed, prepared, model, classifier, out).summary
 
     _run(action, params)
 
@@ -326,25 +276,11 @@ def register_command(
     else register.tracking_uri (default: sqlite:///mlflow.db with artifacts in mlartifacts/).
     """
     def action(p: Params) -> str:
-        # Fail within seconds, not minutes of retries, when a tracking server is down; and keep
-        # MLflow's INFO lines and progress bars for --verbose.
-        verbose = logging.getLogger().level <= logging.DEBUG
-        for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
-                            ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
-                            ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower()),
-                            ("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")):
-            os.environ.setdefault(name, value)
-        import mlflow  # noqa: F401 - configures its loggers on first import
+        from moepipe.registry.register import register_stage
 
-        from moepipe.registry.register import register, summary_line
-
-        logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
-        result = register(
-            p.registry, os.environ.get("MLFLOW_TRACKING_URI") or p.registry.tracking_uri, generator=model,
-            metrics_json=metrics, evaluate_dir=evaluate_dir, train_reports=train_reports,
-            classifier=classifier if classifier.is_file() else None,
-            directions=directions if directions.is_file() else None, params=p, out_report=report)
-        return summary_line(result)
+        return register_stage(p, generator=model, metrics_json=metrics, evaluate_dir=evaluate_dir,
+                              train_reports=train_reports, classifier=classifier, directions=directions,
+                              out_report=report).summary
 
     _run(action, params)
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from moepipe.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class PackedSet:
@@ -47,11 +50,19 @@ class PackedSet:
 
 
 def to_tensor(images: np.ndarray, channels_last: bool = False):
-    """uint8 (B, H, W, 3) → float32 torch tensor (B, 3, H, W) in [-1, 1]."""
+    """uint8 (B, H, W, 3) → float32 torch tensor (B, 3, H, W) in [-1, 1]; `to_uint8` inverts it."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    array = np.ascontiguousarray(images)
+    if not array.flags.writeable:  # a read-only memmap: torch.from_numpy wants writable memory
+        array = array.copy()
+    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).float()
     tensor = tensor.div_(127.5).sub_(1.0)
     if channels_last:
         tensor = tensor.contiguous(memory_format=torch.channels_last)
     return tensor.contiguous() if not channels_last else tensor
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Generator output, a torch tensor (B, 3, H, W) in [-1, 1] (clamped) → uint8 (B, H, W, 3) numpy."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -1,4 +1,5 @@
-"""Image bytes: type by magic bytes, dimensions before decode, content hashes, atomic files.
+"""Image bytes: type by magic bytes, dimensions before decode, content hashes, atomic files
+(and the JSON reports written with them), tile grids.
 
 Shared by scrape (validating downloads), curate (decoding) and the sources. Nothing here trusts a
 file name, a URL or a Content-Type header.
@@ -8,15 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
 
-from PIL import Image
+from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "gif": ".gif"}
+HEADER_HEIGHT = 14  # px of the column-header band of `grid`
 
 
 class ImageError(ValueError):
@@ -90,19 +97,36 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write bytes so that `path` holds either nothing or the whole content, even after kill -9."""
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, mode: int | None = None) -> None:
+    """Write bytes so that `path` holds either nothing or the whole content, even after kill -9.
+
+    The bytes go to a temporary file beside `path` (.tmp-*, see remove_partials) that is renamed
+    over it. `fsync=False` skips flushing them to disk first: other processes still never see a
+    partial file, but a power cut may leave an empty one, so only for outputs that a crashed run
+    redoes anyway and where an fsync per file costs more than making it (curated crops).
+    `mode` sets the file's permissions (e.g. 0o600 for secrets) before any byte is written, so
+    the content is never briefly readable by others; without it the file gets those of mkstemp
+    (0o600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, data: Any, *, mode: int | None = None) -> None:
+    """A JSON report or state file, atomically: indented by 2, UTF-8, ending in a newline."""
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"), mode=mode)
 
 
 def remove_partials(folder: Path) -> int:
@@ -119,3 +143,29 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
+
+
+def grid(images: np.ndarray, columns: int, captions: Sequence[str] | None = None,
+         caption_width: int = 150, gap: int = 2, headers: Sequence[str] | None = None) -> Image.Image:
+    """Tile (N, R, R, 3) uint8 into rows of `columns`, `gap` px of white between tiles.
+
+    Optional: a caption per row in a `caption_width` px column on the left (multi-line text) and a
+    header per column in a band on top (cut to the tile's width, so a long tag cannot run into the
+    next). The evaluate pictures, `moepipe generate` and the training sample grids all use it.
+    """
+    n, size = len(images), images.shape[1]
+    rows = max(1, -(-n // columns))
+    left, top = caption_width if captions else 0, HEADER_HEIGHT if headers else 0
+    canvas = Image.new("RGB", (left + columns * (size + gap) - gap, top + rows * (size + gap) - gap),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, tile in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas.paste(Image.fromarray(tile), (left + c * (size + gap), top + r * (size + gap)))
+    for r, caption in enumerate(captions or []):
+        draw.multiline_text((4, top + r * (size + gap) + 2), caption, fill=(40, 40, 40), spacing=1)
+    for c, header in enumerate(headers or []):
+        while header and draw.textlength(header) > size:
+            header = header[:-1]
+        draw.text((left + c * (size + gap), 1), header, fill=(40, 40, 40))
+    return canvas

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from moepipe.config.base import ConfigError, Strict
 from moepipe.config.data import (
     CurateConfig, DanbooruSource, DirtRates, FacesConfig, FolderSource, GelbooruSource, LabelGroup,
-    LabelsConfig, PreprocessConfig, ScrapeConfig, Source, SyntheticSource, UrlsSource,
+    LabelsConfig, PreprocessConfig, ScrapeConfig, Source, SUPPORTED_RESOLUTIONS, SyntheticSource, UrlsSource,
+    check_resolution,
 )
 from moepipe.config.model import (
     TRAIN_PROFILES, ClassifierConfig, EvaluateConfig, Gate, RegisterConfig, TrainConfig,
@@ -26,8 +27,8 @@ from moepipe.config.model import (
 __all__ = [
     "ClassifierConfig", "ConfigError", "CurateConfig", "EvaluateConfig", "Gate", "DanbooruSource", "DirtRates", "FacesConfig", "FolderSource",
     "GelbooruSource", "LabelGroup", "LabelsConfig", "Params", "PreprocessConfig", "RegisterConfig", "ScrapeConfig",
-    "Source", "Strict", "SyntheticSource", "TRAIN_PROFILES", "TrainConfig", "UrlsSource",
-    "load_params", "parse_params",
+    "Source", "Strict", "SUPPORTED_RESOLUTIONS", "SyntheticSource", "TRAIN_PROFILES", "TrainConfig", "UrlsSource",
+    "check_resolution", "load_params", "parse_params", "tracking_uri",
 ]
 
 
@@ -48,6 +49,16 @@ class Params(Strict):
     # "register" in params.yaml; the attribute name avoids BaseModel.register (ABC registration).
     registry: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
 
+    @model_validator(mode="after")
+    def _crops_cover_the_resolution(self) -> "Params":
+        # Preprocess resizes the curated crops to preprocess.resolution: smaller crops would be
+        # upscaled, and the model would learn interpolation blur as if it were the art.
+        size, resolution = self.curate.output_size, self.preprocess.resolution
+        if size < resolution:
+            raise ValueError(f"curate.output_size {size} is smaller than preprocess.resolution {resolution}; "
+                             f"raise curate.output_size to at least {resolution} or lower preprocess.resolution")
+        return self
+
 
 def _format_error(path: Path, error: ValidationError) -> str:
     first = error.errors()[0]
@@ -55,8 +66,11 @@ def _format_error(path: Path, error: ValidationError) -> str:
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, (dict, list)) or first["type"] == "missing" else f" (got {got!r})"
+    if shown.strip() in message:  # the validator already quoted the value
+        shown = ""
     extra = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{path}: {loc or '<root>'}: {message}{shown}{extra}"
+    # A check across sections (a validator of Params itself) names its keys in the message.
+    return f"{path}: {loc + ': ' if loc else ''}{message}{shown}{extra}"
 
 
 def parse_params(data: Any, path: Path = Path("params.yaml")) -> Params:
@@ -87,3 +101,10 @@ def load_params(path: Path | str = "params.yaml") -> Params:
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where}: not valid YAML") from None
     return parse_params(data, path)
+
+
+def tracking_uri(params_path: Path | str = "params.yaml") -> str:
+    """The MLflow tracking URI: $MLFLOW_TRACKING_URI, else register.tracking_uri of `params_path`
+    (its default when the file does not exist)."""
+    path = Path(params_path)
+    return (load_params(path) if path.is_file() else Params()).registry.resolved_tracking_uri()

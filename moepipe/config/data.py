@@ -9,6 +9,28 @@ from pydantic import Field, field_validator, model_validator
 
 from moepipe.config.base import Strict
 
+# --------------------------------------------------------------------------------------------
+# Shared: the image side every stage from preprocess on works at
+# --------------------------------------------------------------------------------------------
+
+# Powers of two, because the networks double a 4x4 start (generators) or halve down to 4x4
+# (discriminators, the attribute classifier) once per block. 16 to 256 px is the range the
+# networks are built and tested for: below it an avatar's eyes and accessories are a pixel or
+# two, above it the DCGAN's widest layer keeps doubling (about 109 M generator parameters at
+# 512 px with the default width).
+SUPPORTED_RESOLUTIONS = (16, 32, 64, 128, 256)
+
+
+def check_resolution(value: int) -> int:
+    """The one rule for ``preprocess.resolution`` and every network built for it; returns value.
+
+    Raises ValueError with one line naming the value and the rule.
+    """
+    if isinstance(value, bool) or value not in SUPPORTED_RESOLUTIONS:
+        raise ValueError(f"resolution must be a power of two from {SUPPORTED_RESOLUTIONS[0]} to "
+                         f"{SUPPORTED_RESOLUTIONS[-1]} px (got {value!r})")
+    return int(value)
+
 
 # --------------------------------------------------------------------------------------------
 # Shared: the label vocabulary
@@ -250,7 +272,8 @@ class CurateConfig(Strict):
 # --------------------------------------------------------------------------------------------
 
 class PreprocessConfig(Strict):
-    resolution: int = Field(default=64, description="side of packed images, px")
+    resolution: int = Field(default=64, description="side of packed images, px (see check_resolution); "
+                            "at most curate.output_size")
     hflip_p: float = Field(default=0.0, ge=0, le=1, description="probability of a (seeded) random flip")
     mirror_train: bool = Field(default=False, description="also pack a mirrored copy of every training image")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
@@ -258,7 +281,5 @@ class PreprocessConfig(Strict):
 
     @field_validator("resolution")
     @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value not in (16, 32, 64, 128, 256):
-            raise ValueError(f"must be one of 16, 32, 64, 128, 256 (got {value})")
-        return value
+    def _supported(cls, value: int) -> int:
+        return check_resolution(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -103,6 +104,10 @@ class TrainConfig(Strict):
 # Evaluate
 # --------------------------------------------------------------------------------------------
 
+# Truncation psi that the scored samples, `moepipe generate` and the served model accept.
+TRUNCATION_RANGE = (0.0, 2.0)
+
+
 class ClassifierConfig(Strict):
     """The attribute classifier whose features score generators (trained on the prepared data)."""
 
@@ -114,7 +119,8 @@ class EvaluateConfig(Strict):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     samples: int = Field(default=1000, ge=16, description="generated images for FD, KID, precision/recall")
     batch_size: int = Field(default=64, ge=1, le=4096)
-    truncation: float = Field(default=1.0, ge=0, le=2, description="psi for the scored samples")
+    truncation: float = Field(default=1.0, ge=TRUNCATION_RANGE[0], le=TRUNCATION_RANGE[1],
+                              description="psi for the scored samples")
     kid_subsets: int = Field(default=100, ge=1)
     kid_subset_size: int = Field(default=1000, ge=2, description="capped by the smaller set")
     pr_k: int = Field(default=3, ge=1, description="k of the k-NN manifolds of precision/recall")
@@ -148,3 +154,7 @@ class RegisterConfig(Strict):
     min_improvement: float = Field(
         default=0.0, ge=0, description="absolute amount the primary metric must beat the champion by")
     gates: dict[str, Gate] = Field(default_factory=dict, description="metric -> {min, max}")
+
+    def resolved_tracking_uri(self) -> str:
+        """$MLFLOW_TRACKING_URI when set, else tracking_uri: the one rule of every MLflow caller."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri

@@ -16,7 +16,6 @@ near-duplicate removal is a sequential pass over the small results afterwards.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -38,9 +37,10 @@ from moepipe.curate.faces import (FaceBox, crop_square, detect_face, portrait_sq
 from moepipe.curate.labels import LabelStats, attribute_tags, multi_hot
 from moepipe.curate.sheets import write_contact_sheets
 from moepipe.errors import UserError
-from moepipe.images import atomic_write, encode_png, sha256_hex
+from moepipe.images import atomic_write, encode_png, sha256_hex, write_json
 from moepipe.manifest import read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
+from moepipe.reports import publish
 
 REASONS = ("corrupt", "too_small", "bad_aspect", "monochrome", "low_information", "not_avatar",
            "rating", "duplicate", "near_duplicate")
@@ -63,6 +63,12 @@ class CurateReport:
     decoded: int = 0
     seconds: float = 0.0
     workers: int = 1
+    out: Path | None = None
+
+    @property
+    def summary(self) -> str:
+        """The one line `moepipe curate` and the curate flows print."""
+        return f"curate: kept {self.kept} of {self.input}, rejected {sum(self.rejected.values())} → {self.out}"
 
     @property
     def images_per_s(self) -> float:
@@ -137,13 +143,10 @@ def examine(path: Path, out: Path, cfg: CurateConfig) -> Outcome:
 
 
 def _write_once(path: Path, data: bytes) -> None:
-    """Write via a temporary name and rename, without fsync: a crashed run is redone whole anyway,
-    and an fsync per crop costs more than everything else done for the image."""
-    if path.exists():
-        return
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
+    """Atomically but without fsync: a crashed run is redone whole anyway, and an fsync per crop
+    costs more than everything else done for the image."""
+    if not path.exists():
+        atomic_write(path, data, fsync=False)
 
 
 class _PixelCompare:
@@ -238,10 +241,11 @@ def _duplicate_detail(why: Duplicate[int], position: int, compare: _PixelCompare
 
 
 def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Path, out: Path,
-           examine_all: Examiner | None = None) -> CurateReport:
+           examine_all: Examiner | None = None, reports: Path | None = None) -> CurateReport:
     """Check, deduplicate, crop and label every post of `raw` into `out`; returns the counts.
 
-    `examine_all` runs the per-image work elsewhere (default: a local pool of cfg.workers)."""
+    `examine_all` runs the per-image work elsewhere (default: a local pool of cfg.workers). The
+    report and contact sheets go to `out`, and are published to `reports` when given."""
     manifest_path = raw / "manifest.jsonl"
     if not raw.is_dir() or not manifest_path.is_file():
         raise UserError(f"curate: no raw data at {raw} (run `moepipe scrape` first)")
@@ -311,7 +315,9 @@ def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Pat
     write_jsonl(out / "manifest.jsonl", kept_records)
     write_jsonl(out / "rejects.jsonl", rejected)
     write_contact_sheets(cfg.contact_sheet_max, raw, out, kept_records, rejected)
-    atomic_write(out / "report.json", (json.dumps(report.to_json(), indent=2) + "\n").encode())
+    write_json(out / "report.json", report.to_json())
+    publish(out, reports, "curate")
+    report.out = out
     return report
 
 

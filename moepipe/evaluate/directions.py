@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from moepipe.data import to_tensor
 from moepipe.errors import UserError
 from moepipe.generate.avatar import AvatarModel, Directions
 
@@ -89,17 +90,22 @@ def fit_boundaries(z: np.ndarray, labels: np.ndarray, *, seed: int = 0, holdout:
 @torch.no_grad()
 def sample_labels(avatars: AvatarModel, classifier: Any, seeds: list[int],
                   batch_size: int = 64) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Render the seeds' avatars (no edits, psi 1) and read them: (z (N, D), tags (T,), bool (N, T))."""
+    """Render the seeds' avatars (no edits, psi 1) and read them: (z (N, D), tags (T,), bool (N, T)).
+
+    The classifier must read the generator's resolution (check_resolutions): a resized avatar
+    is not what the classifier was trained on, so its labels, and the directions, would drift.
+    """
+    from moepipe.evaluate.features import check_resolutions
+
+    check_resolutions(generator="the generator", generator_resolution=avatars.resolution,
+                      classifier="the classifier", classifier_resolution=classifier.resolution)
     z = avatars.latents(seeds)
     probabilities: dict[str, list[np.ndarray]] = {name: [] for name in classifier.groups}
     device = next(classifier.parameters()).device
     for start in range(0, len(seeds), batch_size):
         part = z[start:start + batch_size]
         images = avatars.render(part, None, 1.0, batch_size)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if x.shape[-1] != classifier.resolution:  # a classifier of another resolution still reads them
-            x = F.interpolate(x, size=(classifier.resolution,) * 2, mode="bilinear", antialias=True,
-                              align_corners=False)
+        x = to_tensor(images)
         for name, p in classifier.predict(x.to(device)).items():
             probabilities[name].append(p.float().cpu().numpy())
     joined = {name: np.concatenate(parts) for name, parts in probabilities.items()}
@@ -139,6 +145,11 @@ class DirectionsSummary:
     samples: int = 0
 
     def __str__(self) -> str:
+        return self.summary
+
+    @property
+    def summary(self) -> str:
+        """The one line `moepipe directions` prints."""
         if self.conditional:
             return f"directions: conditional generator, attributes are labels; wrote an empty {self.out}"
         mean = f", mean held-out accuracy {np.mean(list(self.tags.values())):.3f}" if self.tags else ""
@@ -156,9 +167,11 @@ def directions_stage(generator: Path, classifier: Path, out: Path, samples: int 
     if avatars.conditional:
         Directions([], np.zeros((0, avatars.z_dim), np.float32), np.zeros(0, np.float32)).save(Path(out))
         return DirectionsSummary(Path(out), True)
-    from moepipe.evaluate.features import load_classifier
+    from moepipe.evaluate.features import check_resolutions, load_classifier
 
     reader, _ = load_classifier(Path(classifier))
+    check_resolutions(generator=generator, generator_resolution=avatars.resolution, classifier=classifier,
+                      classifier_resolution=reader.resolution)
     directions = learn_directions(avatars, reader, samples=samples, seed=seed)
     directions.save(Path(out))
     skipped = [t for t in reader.vocabulary if t not in directions.accuracy]

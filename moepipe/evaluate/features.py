@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moepipe.config import check_resolution
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.evaluate.metrics import control_accuracy, group_columns, hidden_by, plain_groups
@@ -47,9 +48,7 @@ class AttributeClassifier(nn.Module):
     def __init__(self, resolution: int, groups: Mapping[str, Any], vocabulary: list[str] | None = None,
                  width: int = 32, feature_dim: int = 256) -> None:
         super().__init__()
-        if resolution < 8 or resolution & (resolution - 1):
-            raise ValueError(f"resolution must be a power of two ≥ 8 (got {resolution})")
-        self.resolution = resolution
+        self.resolution = check_resolution(resolution)  # the data's rule: it reads the prepared images
         self.groups = plain_groups(groups)
         self.vocabulary = list(vocabulary) if vocabulary else [t for g in self.groups.values() for t in g["tags"]]
         self.columns = group_columns(self.groups, self.vocabulary)
@@ -64,8 +63,6 @@ class AttributeClassifier(nn.Module):
             if size > 4:
                 layers += _conv(out, out, stride=1)
             channels = out
-        if channels != feature_dim:  # resolution 8: the stem already works at 4×4
-            layers += _conv(channels, feature_dim, stride=1)
         self.backbone = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, len(group["tags"]))
                                     for name, group in self.groups.items()})
@@ -293,6 +290,31 @@ def save_classifier(path: Path, classifier: AttributeClassifier, report: Mapping
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write(Path(path), buffer.getvalue())
+
+
+def check_resolutions(*, generator: Path | str, generator_resolution: int, classifier: Path | str,
+                      classifier_resolution: int, prepared: Path | str | None = None,
+                      prepared_resolution: int | None = None) -> int:
+    """The one resolution the generator, the classifier and (if given) the prepared data share.
+
+    Each is named by its file (or a description) and its own recorded side in px. Images are
+    never resized to make them fit: a mismatch means one file comes from other prepared data,
+    and scores or directions read through a resize would measure the resize. Raises a one-line
+    UserError naming both values and what to re-run.
+    """
+    if prepared is not None:
+        if generator_resolution != prepared_resolution:
+            raise UserError(f"{generator} draws {generator_resolution} px avatars but {prepared} holds "
+                            f"{prepared_resolution} px images; evaluate a generator against the data it was "
+                            f"trained on, or re-run `moepipe train` on this data")
+        if classifier_resolution != prepared_resolution:
+            raise UserError(f"{classifier} reads {classifier_resolution} px images but {prepared} holds "
+                            f"{prepared_resolution} px images; re-run `moepipe classifier`")
+    elif generator_resolution != classifier_resolution:
+        raise UserError(f"{generator} draws {generator_resolution} px avatars but {classifier} reads "
+                        f"{classifier_resolution} px images; re-run `moepipe classifier` on the data the "
+                        f"generator was trained on")
+    return int(generator_resolution)
 
 
 def load_classifier(path: Path) -> tuple[AttributeClassifier, dict[str, Any]]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moepipe.data import to_tensor
 from moepipe.errors import UserError
 
 FEATURE_DIM = 2048
@@ -242,6 +243,6 @@ def inception_features(model: FIDInceptionV3, images: np.ndarray | torch.Tensor,
                 raise ValueError(f"expected uint8 (N, H, W, 3) images, got {batch.dtype} {batch.shape}")
             # pytorch-fid feeds [0, 1] and maps to [-1, 1] after resizing; resizing is linear, so
             # mapping first gives the same numbers.
-            x = torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            x = to_tensor(batch)
         parts.append(model(x).cpu().numpy())
     return np.concatenate(parts) if parts else np.zeros((0, FEATURE_DIM), np.float32)

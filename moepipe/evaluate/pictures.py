@@ -1,7 +1,7 @@
 """The evaluate stage's pictures: a sample sheet, an attribute sweep and latent interpolations.
 
 All drawing goes through `AvatarModel` (moepipe/generate/avatar.py); this module only decides which
-seeds and attributes each tile shows and lays the tiles out with `grid`.
+seeds and attributes each tile shows and lays the tiles out with `moepipe.images.grid`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from moepipe.generate.avatar import AvatarModel, grid, slerp
+from moepipe.generate.avatar import AvatarModel, slerp
+from moepipe.images import grid
 
 SHEET_ROWS = 4  # rows of the sample sheet, and of the seed grid shown when a model takes no attributes
 INTERPOLATION_ROWS = 4  # seed pairs in the interpolation picture

@@ -11,8 +11,8 @@ same params, files and thread count writes the same numbers.
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from moepipe.config import EvaluateConfig
 from moepipe.data import PackedSet
 from moepipe.errors import UserError
 from moepipe.evaluate.features import (
-    AttributeClassifier, classify, data_digest, extract, load_classifier, save_classifier, train_classifier,
+    AttributeClassifier, check_resolutions, classify, data_digest, extract, load_classifier, save_classifier,
+    train_classifier,
 )
 from moepipe.evaluate.inception import inception_features, load_fid_inception
 from moepipe.evaluate.metrics import (
@@ -35,8 +36,10 @@ from moepipe.evaluate.pictures import (
     INTERPOLATION_ROWS, SHEET_ROWS, attribute_sweep, interpolation_strips, sample_sheet,
 )
 from moepipe.generate.avatar import AvatarModel, png_bytes
-from moepipe.images import atomic_write
+from moepipe.images import atomic_write, write_json
+from moepipe.models.export import DIRECTIONS_FILE
 from moepipe.progress import progress_bar
+from moepipe.reports import Report
 
 # Each use of randomness draws from its own stream of the global seed, so that changing, say,
 # control_samples leaves the scored samples alone.
@@ -58,15 +61,13 @@ def report_path(classifier: Path) -> Path:
     return Path(classifier).with_suffix(".json")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
-def classifier_stage(cfg: EvaluateConfig, seed: int, prepared: Path, out: Path) -> dict[str, Any]:
+def classifier_stage(cfg: EvaluateConfig, seed: int, prepared: Path, out: Path,
+                     reports: Path | None = None) -> Report:
     """Train the attribute classifier on prepared/train, score it on prepared/val, save it to `out`.
 
-    Writes `out` (the classifier with its report inside) and the report as JSON next to it;
-    returns the report (per-group held-out "accuracy", "overall", "baseline", counts, digest).
+    Writes `out` (the classifier with its report inside) and the report as JSON next to it (and
+    as `reports`/classifier.json when given); returns the report (per-group held-out "accuracy",
+    "overall", "baseline", counts, digest, train_seconds).
     """
     train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
     if len(train) == 0:
@@ -76,8 +77,24 @@ def classifier_stage(cfg: EvaluateConfig, seed: int, prepared: Path, out: Path) 
     # Timings stay out of the files, so identical runs write identical bytes (stable DVC hashes).
     stored = {key: value for key, value in report.items() if key != "train_seconds"}
     save_classifier(out, classifier, stored)
-    _write_json(report_path(out), stored)
-    return report
+    write_json(report_path(out), stored)
+    if reports is not None:
+        reports.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report_path(out), reports / "classifier.json")
+    return Report(report, _classifier_summary(report, out))
+
+
+def _classifier_summary(report: dict[str, Any], out: Path) -> str:
+    scored = {k: v for k, v in report["accuracy"].items() if v is not None}
+    baseline = [v for k, v in report["baseline"].items() if k in scored and v is not None]
+    overall = "n/a (empty val split)" if report["overall"] is None else (
+        f"{report['overall']:.2f} (commonest value {sum(baseline) / max(1, len(baseline)):.2f})")
+    visible, hidden = report.get("accuracy_visible", {}), report.get("hidden_by", {})
+    groups = ", ".join(f"{name} {value:.2f}" + (f" ({visible[name]:.2f} unless {'/'.join(hidden[name])})"
+                                                 if name in visible and name in hidden else "")
+                       for name, value in scored.items())
+    return (f"classifier: held-out accuracy {overall}{'; ' + groups if groups else ''}; "
+            f"{report['epochs']} epochs in {report['train_seconds']:.0f} s → {out}")
 
 
 # --- evaluate ---------------------------------------------------------------------------------
@@ -86,15 +103,13 @@ def _check_inputs(cfg: EvaluateConfig, prepared: Path, generator: Path, classifi
                   train: PackedSet, val: PackedSet, model: AvatarModel,
                   classifier: AttributeClassifier, report: dict[str, Any]) -> None:
     """One-line UserErrors for inputs that do not belong together."""
-    resolution = int(train.meta["resolution"])
-    if model.resolution != resolution:
-        raise UserError(f"{generator} draws {model.resolution} px avatars but {prepared} holds {resolution} px "
-                        f"images; evaluate a generator against the data it was trained on")
+    check_resolutions(generator=generator, generator_resolution=model.resolution, classifier=classifier_path,
+                      classifier_resolution=classifier.resolution, prepared=prepared,
+                      prepared_resolution=int(train.meta["resolution"]))
     if model.conditional and model.vocabulary != train.vocabulary:
         raise UserError(f"{generator} was trained with other attribute labels than {prepared}; "
                         f"evaluate it against the data it was trained on")
-    if classifier.resolution != resolution or classifier.vocabulary != train.vocabulary \
-            or report.get("data_digest") != data_digest(train, val):
+    if classifier.vocabulary != train.vocabulary or report.get("data_digest") != data_digest(train, val):
         raise UserError(f"{classifier_path} was trained on other data than {prepared}; "
                         f"re-run `moepipe classifier`")
     needed = max(2, cfg.pr_k + 1)
@@ -300,7 +315,7 @@ def _rounded(metrics: dict[str, float]) -> dict[str, float | int]:
 
 
 def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, classifier: Path,
-             out: Path) -> dict[str, float | int]:
+             out: Path) -> Report:
     """Score generator.pt against the val split of `prepared`; write out/metrics.json and pictures.
 
     metrics.json is a flat {name: number}: fd, kid, kid_std, precision, recall (classifier
@@ -315,7 +330,7 @@ def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, cl
     """
     train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
     # Edit directions for an unconditional model: where `moepipe directions` writes them.
-    model = AvatarModel.load(generator, Path(generator).with_name("directions.npz"))
+    model = AvatarModel.load(generator, Path(generator).with_name(DIRECTIONS_FILE))
     net, report = load_classifier(classifier)
     _check_inputs(cfg, prepared, generator, classifier, train, val, model, net, report)
     # Loaded first: a wrong weights file should fail before minutes of work, not after.
@@ -370,5 +385,15 @@ def evaluate(cfg: EvaluateConfig, seed: int, prepared: Path, generator: Path, cl
         _pictures(cfg, seed, model, net, labels, fake, out)
         advance("pictures")
     metrics = _rounded(metrics)
-    _write_json(out / "metrics.json", metrics)
-    return metrics
+    write_json(out / "metrics.json", metrics)
+    return Report(metrics, _evaluate_summary(metrics, out))
+
+
+def _evaluate_summary(metrics: dict[str, Any], out: Path) -> str:
+    parts = [f"fd {metrics['fd']:.4g}", f"kid {metrics['kid']:.3g}", f"precision {metrics['precision']:.2f}",
+             f"recall {metrics['recall']:.2f}"]
+    if "control_accuracy" in metrics:
+        parts.append(f"control {metrics['control_accuracy']:.2f}")
+    if "fid" in metrics:
+        parts.append(f"fid {metrics['fid']:.4g}")
+    return f"evaluate: {', '.join(parts)} ({metrics['n_fake']} fakes vs {metrics['n_real']} val images) → {out}"

@@ -26,20 +26,25 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, PngImagePlugin
 
+from moepipe.config import tracking_uri as config_tracking_uri
+from moepipe.config.model import TRUNCATION_RANGE
+from moepipe.data import to_uint8
 from moepipe.errors import UserError
+from moepipe.images import grid
 from moepipe.models.attributes import AttributeLayout, Group
 from moepipe.models.dcgan import DCGANGenerator
-from moepipe.models.export import load_generator
+from moepipe.models.export import DIRECTIONS_FILE, load_generator
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
 RENDER_BATCH = 16  # rows of every generator forward pass in `render` (see there)
-HEADER_HEIGHT = 14  # px of the column-header band of `grid`
+# What `avatar_text` records of where a registered model came from, when known.
+PROVENANCE_KEYS = ("model_name", "model_version", "run_id", "generator_sha256")
 FILL_STREAM = 0x6D6F65  # second rng seed word of label fills: a stream apart from any other use of the seed
 
 
@@ -87,7 +92,7 @@ class AvatarModel:
         # Files before format 2 recorded no prior: their fills are uniform.
         self.label_prior = dict(self.meta.get("label_prior") or {}) or self.layout.uniform_prior()
         self.directions = directions if not self.conditional else None
-        # Where a registered model came from (model_name, model_version, run_id), for PNG text.
+        # Where a registered model came from (PROVENANCE_KEYS), for `avatar_text`.
         self.provenance: dict[str, str] = {}
         self.device = next(generator.parameters()).device
 
@@ -295,33 +300,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(t == 0, a, torch.where(t == 1, b, path))
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, R, R) in [-1, 1] -> (N, R, R, 3) uint8."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
-def grid(images: np.ndarray, columns: int, captions: Sequence[str] | None = None,
-         caption_width: int = 150, gap: int = 2, headers: Sequence[str] | None = None) -> Image.Image:
-    """Tile (N, R, R, 3) uint8 into rows of `columns`; optional caption per row on the left and
-    header per column on top (cut to the tile's width, so a long tag cannot run into the next)."""
-    n, size = len(images), images.shape[1]
-    rows = max(1, -(-n // columns))
-    left, top = caption_width if captions else 0, HEADER_HEIGHT if headers else 0
-    canvas = Image.new("RGB", (left + columns * (size + gap) - gap, top + rows * (size + gap) - gap),
-                       (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for i, tile in enumerate(images):
-        r, c = divmod(i, columns)
-        canvas.paste(Image.fromarray(tile), (left + c * (size + gap), top + r * (size + gap)))
-    for r, caption in enumerate(captions or []):
-        draw.multiline_text((4, top + r * (size + gap) + 2), caption, fill=(40, 40, 40), spacing=1)
-    for c, header in enumerate(headers or []):
-        while header and draw.textlength(header) > size:
-            header = header[:-1]
-        draw.text((left + c * (size + gap), 1), header, fill=(40, 40, 40))
-    return canvas
-
-
 def png_bytes(image: np.ndarray | Image.Image, text: Mapping[str, str] | None = None) -> bytes:
     """PNG file bytes with tEXt chunks (e.g. model version, seed, attributes)."""
     picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
@@ -333,6 +311,34 @@ def png_bytes(image: np.ndarray | Image.Image, text: Mapping[str, str] | None = 
     return buffer.getvalue()
 
 
+def avatar_text(model: str, seed: int | str, attributes: Sequence[str], drawn: Sequence[str] | str,
+                truncation: float, provenance: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The tEXt of an avatar PNG, with the same keys wherever it is drawn (`moepipe generate`, the
+    served model): Software, Description (one line for image viewers), model (the path or URI it
+    was drawn from), model_name / model_version / run_id / generator_sha256 where `provenance`
+    knows them (a registered model), seed, attributes (as asked), drawn_attributes (with the
+    groups left out filled; a picture of many avatars passes its own text, see `_drawn`) and
+    truncation; then `extra` (seed_b, vary, comment, ...).
+    """
+    known = {key: str(provenance[key]) for key in PROVENANCE_KEYS if (provenance or {}).get(key)}
+    registered = "model_name" in known and "model_version" in known
+    shown = f"{known['model_name']} v{known['model_version']}" if registered else model
+    asked = list(attributes)
+    filled = "" if isinstance(drawn, str) or list(drawn) == asked else f" (drawn: {', '.join(drawn)})"
+    return {
+        "Software": "moepipe",
+        "Description": f"{shown}: seed {seed}, attributes {', '.join(asked) or 'none'}{filled}, "
+                       f"truncation {truncation:g}",
+        "model": model,
+        **known,
+        "seed": str(seed),
+        "attributes": ",".join(asked),
+        "drawn_attributes": drawn if isinstance(drawn, str) else ",".join(drawn),
+        "truncation": f"{truncation:g}",
+        **{key: str(value) for key, value in extra.items()},
+    }
+
+
 # -- the `moepipe generate` command ------------------------------------------------------------
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3://; not a drive letter
 
@@ -342,18 +348,22 @@ def is_model_uri(model: str) -> bool:
     return bool(_URI.match(model))
 
 
-def open_avatars(model: str, directions: Path | None = None, tracking_uri: str | None = None) -> AvatarModel:
+def open_avatars(model: str, directions: Path | None = None, tracking_uri: str | None = None,
+                 params: Path | None = None) -> AvatarModel:
     """generator.pt, an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...) or folder.
 
     A path's edit directions default to directions.npz beside it; an MLflow model brings its own.
-    `directions`, if given, must exist and replaces them (unconditional models only).
+    `directions`, if given, must exist and replaces them (unconditional models only). A model URI
+    is looked up at `tracking_uri`, else at the URI `params` names (moepipe.config.tracking_uri).
     """
     if directions is not None and not Path(directions).is_file():
         raise UserError(f"{directions}: no such directions file")
     if not is_model_uri(model) and not (Path(model) / "MLmodel").is_file():
         path = Path(model)
-        beside = path.with_name("directions.npz")
+        beside = path.with_name(DIRECTIONS_FILE)
         return AvatarModel.load(path, directions if directions is not None else beside)
+    if tracking_uri is None and is_model_uri(model):
+        tracking_uri = config_tracking_uri(params if params is not None else Path("params.yaml"))
     avatars = _load_logged_model(model, tracking_uri)  # a URI, or a saved MLflow model folder
     if directions is not None and not avatars.conditional:
         avatars.directions = Directions.load(directions)
@@ -381,9 +391,7 @@ def _load_logged_model(uri: str, tracking_uri: str | None) -> AvatarModel:
     avatars = getattr(python_model, "avatars", None)
     if not isinstance(avatars, AvatarModel):
         raise UserError(f"{uri}: not a moepipe generator model")
-    avatars.provenance = {key: str(getattr(python_model, key)) for key in ("model_name", "model_version", "run_id")
-                          if getattr(python_model, key, "")}
-    return avatars
+    return avatars  # its provenance was filled in by AvatarGenerator.load_context
 
 
 @dataclass
@@ -399,6 +407,10 @@ class _Pictures:
     headers: list[str] | None = None
 
 
+# `text(seed, asked, drawn, **extra)` of `write_pictures`: avatar_text with the model's part filled in.
+_Text = Callable[..., dict[str, str]]
+
+
 def _check_options(n: int, columns: int, steps: int, truncation: float, interpolate_to: int | None,
                    vary: str | None) -> None:
     if n < 1:
@@ -407,8 +419,9 @@ def _check_options(n: int, columns: int, steps: int, truncation: float, interpol
         raise UserError(f"--columns must be at least 1 (got {columns})")
     if steps < 2:
         raise UserError(f"--steps must be at least 2 (got {steps})")
-    if not 0 <= truncation <= 2:  # the range the served model accepts (moepipe/registry/pyfunc.py)
-        raise UserError(f"--truncation must be in [0, 2] (got {truncation:g})")
+    low, high = TRUNCATION_RANGE
+    if not low <= truncation <= high:
+        raise UserError(f"--truncation must be in [{low:g}, {high:g}] (got {truncation:g})")
     if vary is not None and interpolate_to is not None:
         raise UserError("--vary and --interpolate draw different pictures; pick one")
 
@@ -422,42 +435,39 @@ def _seed_range(seeds: Sequence[int]) -> str:
     return f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
 
 
-def _grid_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seeds: list[int],
+def _grid_pictures(avatars: AvatarModel, text: _Text, tags: list[str], seeds: list[int],
                    truncation: float, columns: int) -> _Pictures:
     requests = avatars.requests(seeds, tags)
     images = avatars.render(avatars.latents(seeds), requests, truncation)
-    whole = {**text, "seed": _seed_range(seeds), "drawn_attributes": _drawn(seeds, requests),
-             "comment": f"avatar i (row by row, {min(columns, len(seeds))} columns) has seed {seeds[0]} + i"}
-    frames = [({**text, "seed": str(s), "drawn_attributes": ",".join(full)}, f"avatar_{s:06d}.png")
-              for s, full in zip(seeds, requests)]
+    whole = text(_seed_range(seeds), tags, _drawn(seeds, requests),
+                 comment=f"avatar i (row by row, {min(columns, len(seeds))} columns) has seed {seeds[0]} + i")
+    frames = [(text(s, tags, full), f"avatar_{s:06d}.png") for s, full in zip(seeds, requests)]
     what = f"{len(seeds)} avatar(s), seeds {whole['seed']}"
     return _Pictures(images, min(columns, len(seeds)), whole, frames, what)
 
 
-def _strip_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seed: int, seed_b: int,
+def _strip_pictures(avatars: AvatarModel, text: _Text, tags: list[str], seed: int, seed_b: int,
                     steps: int, truncation: float) -> _Pictures:
     images = avatars.interpolate(seed, seed_b, steps, tags, truncation)
-    pair = {"seed": str(seed), "seed_b": str(seed_b),
-            "drawn_attributes": ",".join(avatars.complete_attributes(tags, seed))}
-    whole = {**text, **pair, "steps": str(steps)}
-    frames = [({**text, **pair, "t": f"{i / (steps - 1):.4g}"}, f"interpolation_{seed}_{seed_b}_{i:03d}.png")
-              for i in range(steps)]
+    drawn = avatars.complete_attributes(tags, seed)
+    whole = text(seed, tags, drawn, seed_b=str(seed_b), steps=str(steps))
+    frames = [(text(seed, tags, drawn, seed_b=str(seed_b), t=f"{i / (steps - 1):.4g}"),
+               f"interpolation_{seed}_{seed_b}_{i:03d}.png") for i in range(steps)]
     return _Pictures(images, steps, whole, frames, f"interpolation {seed} → {seed_b} in {steps} steps")
 
 
-def _vary_pictures(avatars: AvatarModel, text: dict[str, str], tags: list[str], seeds: list[int],
+def _vary_pictures(avatars: AvatarModel, text: _Text, tags: list[str], seeds: list[int],
                    truncation: float, group: str) -> _Pictures:
     names, requests = avatars.variations(seeds, group, tags)
     images = avatars.vary(seeds, group, tags, truncation)
     cells = [(s, j, name) for s in seeds for j, name in enumerate(names)]
-    whole = {**text, "seed": _seed_range(seeds), "vary": group, "values": ",".join(names),
-             "drawn_attributes": _drawn([s for s, _, _ in cells], requests),
-             "comment": f"row i has seed {seeds[0]} + i, column j {group} value j; all else fixed per row"}
+    whole = text(_seed_range(seeds), tags, _drawn([s for s, _, _ in cells], requests), vary=group,
+                 values=",".join(names),
+                 comment=f"row i has seed {seeds[0]} + i, column j {group} value j; all else fixed per row")
     frames = []
     for (s, j, name), full in zip(cells, requests):
         asked = tags + ([name] if name != "none" else [])
-        frames.append(({**text, "seed": str(s), "vary": group, "attributes": ",".join(asked),
-                        "drawn_attributes": ",".join(full)}, f"vary_{group}_{s:06d}_{j:02d}_{name}.png"))
+        frames.append((text(s, asked, full, vary=group), f"vary_{group}_{s:06d}_{j:02d}_{name}.png"))
     what = f"{len(seeds)} seed(s) × {len(names)} {group} values, seeds {whole['seed']}"
     return _Pictures(images, len(names), whole, frames, what, [f"seed {s}" for s in seeds], names)
 
@@ -469,16 +479,19 @@ def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, single
     """Draw avatars seed, seed+1, ... (a grid), an interpolation strip seed → interpolate_to, or
     for each seed one avatar per value of group `vary` (a grid: one row per seed) as PNGs.
 
-    `out` gets one picture, `singles` one PNG per avatar; every PNG carries tEXt model, seed,
-    attributes (as asked), drawn_attributes (with the groups left out filled) and truncation.
+    `out` gets one picture, `singles` one PNG per avatar; every PNG carries the tEXt of
+    `avatar_text`: model, seed, attributes (as asked), drawn_attributes (with the groups left out
+    filled), truncation and, for a registered model, its name, version and run.
     Returns a one-line summary.
     """
     _check_options(n, columns, steps, truncation, interpolate_to, vary)
     tags = avatars.parse_attributes(attributes)
     if out is None and singles is None:
         out = Path("avatars.png")
-    text = {"model": model, **avatars.provenance, "attributes": ",".join(tags), "truncation": f"{truncation:g}",
-            "software": "moepipe"}
+
+    def text(seed: int | str, asked: Sequence[str], drawn: Sequence[str] | str, **extra: str) -> dict[str, str]:
+        return avatar_text(model, seed, asked, drawn, truncation, avatars.provenance, **extra)
+
     seeds = [seed + i for i in range(n)]
     if vary is not None:
         pictures = _vary_pictures(avatars, text, tags, seeds, truncation, vary)

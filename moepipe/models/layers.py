@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SUPPORTED_RESOLUTIONS = (16, 32, 64, 128, 256)
+from moepipe.config.data import check_resolution as _supported_resolution
+
 LRELU_SLOPE = 0.2
 # sqrt(2) restores unit second moment after a leaky ReLU (He init), so equalized layers stay
 # variance-preserving without per-layer init tuning.
@@ -26,10 +27,8 @@ LRELU_GAIN = math.sqrt(2.0)
 
 
 def check_resolution(resolution: int) -> int:
-    """Validate an image side length; returns log2(resolution)."""
-    if resolution not in SUPPORTED_RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS} (got {resolution})")
-    return int(math.log2(resolution))
+    """Validate an image side length by the config's rule; returns log2(resolution)."""
+    return int(math.log2(_supported_resolution(resolution)))
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,10 @@ import numpy as np
 
 from moepipe.config import LabelsConfig, PreprocessConfig
 from moepipe.errors import UserError
-from moepipe.images import atomic_write
+from moepipe.images import atomic_write, write_json
 from moepipe.manifest import read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
+from moepipe.reports import Report, publish
 
 SPLIT_SALT = b"moepipe-split-v1"
 ARRAYS = ("train_images", "train_labels", "val_images", "val_labels")
@@ -85,8 +85,9 @@ def dataset_stats(images: np.ndarray, labels: np.ndarray, vocabulary: list[str])
     }
 
 
-def preprocess(cfg: PreprocessConfig, labels: LabelsConfig, seed: int, curated: Path, out: Path) -> dict:
-    """Pack the curated images into arrays; returns the counts written to stats.json."""
+def preprocess(cfg: PreprocessConfig, labels: LabelsConfig, seed: int, curated: Path, out: Path,
+               reports: Path | None = None) -> Report:
+    """Pack the curated images into arrays; returns stats.json's content (published to `reports`)."""
     manifest_path = curated / "manifest.jsonl"
     if not manifest_path.is_file():
         raise UserError(f"preprocess: no curated data at {curated} (run `moepipe curate` first)")
@@ -143,10 +144,11 @@ def preprocess(cfg: PreprocessConfig, labels: LabelsConfig, seed: int, curated: 
         "labelled": bool(packed["train_labels"].any()) if counts["train"] else False,
         "format": "npy uint8 NHWC",
     }
-    atomic_write(out / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(out / "meta.json", meta)
     stats = {
         "images": counts,
         "train": dataset_stats(packed["train"], packed["train_labels"], vocabulary),
     }
-    atomic_write(out / "stats.json", (json.dumps(stats, indent=2) + "\n").encode())
-    return stats
+    write_json(out / "stats.json", stats)
+    publish(out, reports, "preprocess", "stats.json")
+    return Report(stats, f"preprocess: {counts['train']} train, {counts['val']} val at {size} px → {out}")

@@ -55,10 +55,17 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def model_card(*, name: str, version: int, run_id: str, fingerprint: str, generator: Mapping[str, Any],
+def model_card(*, name: str, version: int, run_id: str, fingerprint: str, generator: Path | Mapping[str, Any],
                params: Params, data: Mapping[str, Any], metrics: Mapping[str, float],
                decision: Mapping[str, Any], lineage: Mapping[str, str]) -> str:
-    """The card as markdown."""
+    """The card as markdown.
+
+    `generator` is the generator file or its `generator_summary`: the model's facts (architecture,
+    resolution, vocabulary, training config) come from the file, since params may have changed
+    since it was trained.
+    """
+    if not isinstance(generator, Mapping):
+        generator = generator_summary(Path(generator))
     # What the generator was trained with (recorded in generator.pt), else today's params.
     train = params.train.model_dump() | (generator.get("train_config") or {})
     scrape, curate, preprocess = (data["reports"].get(k, {}) for k in ("scrape", "curate", "preprocess"))
@@ -85,7 +92,7 @@ def model_card(*, name: str, version: int, run_id: str, fingerprint: str, genera
         "## Data",
         f"{data.get('images', 0)} curated images"
         + (f" ({split.get('train', '?')} train / {split.get('val', '?')} val after preprocessing at "
-           f"{params.preprocess.resolution} px)" if split else "") + ".",
+           f"{generator.get('resolution')} px)" if split else "") + ".",
         _table(data.get("by_source") or {"(manifest not found)": 0}, ("source", "images")),
         _table(data.get("by_rating") or {"(manifest not found)": 0}, ("rating", "images")),
     ]

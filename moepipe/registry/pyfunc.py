@@ -4,8 +4,9 @@ Input rows: `seed` (long), `attributes` (comma-separated vocabulary tags, may be
 missing), `truncation` (double psi in [0, 2], missing = 1.0). A conditional model draws every
 attribute group a row leaves out from its label prior, by the row's seed (same row, same avatar;
 see moepipe/generate/avatar.py). Output: a DataFrame with one column `image`, each cell a base64-encoded
-PNG whose tEXt chunks name the registered model and version, the seed, the attributes as asked,
-the attributes drawn (`drawn_attributes`, with the fill) and the truncation.
+PNG whose tEXt chunks (`avatar_text`, the keys `moepipe generate` writes too) name the registered
+model (model = models:/NAME/VERSION, model_name, model_version, run_id), the seed, the attributes
+as asked, the attributes drawn (`drawn_attributes`, with the fill) and the truncation.
 
 The registered version number reaches the PNGs honestly: the registry step creates the model
 version *before* it writes the model's files (the version's source is a pending MLflow
@@ -33,14 +34,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from moepipe.config.model import TRUNCATION_RANGE
 from moepipe.errors import UserError
-from moepipe.generate.avatar import AvatarModel, png_bytes
+from moepipe.generate.avatar import PROVENANCE_KEYS, AvatarModel, avatar_text, png_bytes
+from moepipe.models.export import DIRECTIONS_FILE, GENERATOR_FILE
 
 MAX_ROWS = 256  # avatars per request; a bigger batch is a client mistake, not a reason to OOM
-TRUNCATION_RANGE = (0.0, 2.0)
 # Third-party packages that moepipe's generator code imports (pinned to what logged the model).
 RUNTIME_PACKAGES = ["mlflow", "torch", "numpy", "pillow", "pandas", "pydantic", "pyyaml", "rich"]
-ARTIFACT_NAMES = {"generator": "generator.pt", "directions": "directions.npz", "classifier": "classifier.pt"}
+ARTIFACT_NAMES = {"generator": GENERATOR_FILE, "directions": DIRECTIONS_FILE, "classifier": "classifier.pt"}
 
 
 def signature() -> ModelSignature:
@@ -85,12 +87,14 @@ class AvatarGenerator(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         registration = dict((context.model_config or {}).get("registration") or {})
-        self.model_name = str(registration.get("model_name", "unregistered"))
-        self.model_version = str(registration.get("model_version", "unknown"))
-        self.run_id = str(registration.get("run_id", ""))
-        self.generator_sha256 = str(registration.get("generator_sha256", ""))
+        provenance = {key: str(registration[key]) for key in PROVENANCE_KEYS if registration.get(key)}
+        registered = "model_name" in provenance and "model_version" in provenance
+        # The PNGs' `model`: a saved but unregistered model knows no name to give.
+        self.model_uri = f"models:/{provenance['model_name']}/{provenance['model_version']}" if registered \
+            else "unregistered"
         artifacts = context.artifacts
         self.avatars = AvatarModel.load(Path(artifacts["generator"]), directions=artifacts.get("directions"))
+        self.avatars.provenance = provenance  # what the PNGs (and `moepipe generate` of this model) record
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """DataFrame rows (seed, attributes, truncation) -> DataFrame column `image` (base64 PNG)."""
@@ -112,27 +116,11 @@ class AvatarGenerator(mlflow.pyfunc.PythonModel):
         drawn = [self.avatars.complete_attributes(row_tags, seed) for row_tags, seed in zip(tags, seeds)]
         images = self.avatars.render(self.avatars.latents(seeds), drawn, truncations) if seeds else []
         encoded = [
-            base64.b64encode(png_bytes(image, self._png_text(seed, row_tags, full, psi))).decode("ascii")
+            base64.b64encode(png_bytes(image, avatar_text(self.model_uri, seed, row_tags, full, psi,
+                                                          self.avatars.provenance))).decode("ascii")
             for image, seed, row_tags, full, psi in zip(images, seeds, tags, drawn, truncations)
         ]
         return pd.DataFrame({"image": encoded})
-
-    def _png_text(self, seed: int, tags: list[str], drawn: list[str], truncation: float) -> dict[str, str]:
-        described = ", ".join(tags) if tags else "none"
-        filled = f" (drawn: {', '.join(drawn)})" if drawn != tags else ""
-        return {
-            "Software": "moepipe",
-            "Description": f"{self.model_name} v{self.model_version}: seed {seed}, attributes {described}{filled}, "
-                           f"truncation {truncation:g}",
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "seed": str(seed),
-            "attributes": ",".join(tags),
-            "drawn_attributes": ",".join(drawn),
-            "truncation": f"{truncation:g}",
-            "run_id": self.run_id,
-            "generator_sha256": self.generator_sha256,
-        }
 
 
 def _seed(value: Any, row: int) -> int:

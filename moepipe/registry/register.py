@@ -42,33 +42,26 @@ import contextlib
 import hashlib
 import json
 import math
+import logging
+import os
 import re
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import yaml
 
 from moepipe.config import Params, RegisterConfig
-from moepipe.errors import UserError
+from moepipe.errors import UserError, redact
+from moepipe.reports import Report
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 DATA_PREFIXES = ("data/", "models/")  # dvc.lock paths whose hashes are lineage, not code
 
 
 # -- stores ------------------------------------------------------------------------------------
-def redact(uri: str) -> str:
-    """The URI without a password, fit for messages and reports."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
         return None
@@ -346,9 +339,9 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
             description=f"{summary['arch']} {summary['resolution']} px, {cfg.primary_metric} "
                         f"{logged.get(cfg.primary_metric, float('nan')):.4g}; {decision.decision}: "
                         + "; ".join(decision.reasons))
-    from moepipe.images import atomic_write
+    from moepipe.images import write_json
 
-    atomic_write(Path(out_report), (json.dumps(report, indent=2) + "\n").encode())
+    write_json(Path(out_report), report)
     return report
 
 
@@ -378,6 +371,36 @@ def mlflow_globals(uri: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def register_stage(params: Params, *, generator: Path, metrics_json: Path, evaluate_dir: Path,
+                   train_reports: Path, classifier: Path, directions: Path, out_report: Path) -> Report:
+    """`moepipe register`: `register` at params' tracking URI ($MLFLOW_TRACKING_URI first), with
+    MLflow's HTTP retries short and its chatter off unless the root logger is at DEBUG (-v).
+
+    `classifier` and `directions` ship with the model when the files exist.
+    """
+    verbose = logging.getLogger().level <= logging.DEBUG
+    quiet_mlflow(verbose)
+    result = register(params.registry, params.registry.resolved_tracking_uri(), generator=generator,
+                      metrics_json=metrics_json, evaluate_dir=evaluate_dir, train_reports=train_reports,
+                      classifier=classifier if Path(classifier).is_file() else None,
+                      directions=directions if Path(directions).is_file() else None, params=params,
+                      out_report=out_report)
+    return Report(result, summary_line(result))
+
+
+def quiet_mlflow(verbose: bool) -> None:
+    """Fail within seconds, not minutes of retries, when a tracking server is down; keep MLflow's
+    INFO lines and artifact progress bars for `verbose`. Explicit environment settings win."""
+    for name, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20"),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                        ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", str(verbose).lower()),
+                        ("MLFLOW_LOGGING_LEVEL", "INFO" if verbose else "WARNING")):
+        os.environ.setdefault(name, value)
+    import mlflow  # noqa: F401 - configures its loggers on first import, after the settings above
+
+    logging.getLogger("mlflow").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def summary_line(report: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param
 from mlflow.entities.model_registry import ModelVersion
 
 from moepipe.config import RegisterConfig
-from moepipe.errors import TransientError
+from moepipe.errors import TransientError, redact
 from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG
 
 MODEL_NAME_IN_RUN = "generator"
@@ -142,7 +142,7 @@ def artifact_store_failure(error: BaseException, tracking_uri: str,
 
     from mlflow.exceptions import MlflowException
 
-    from moepipe.stack.health import probe_s3_endpoint, s3_transport_reason
+    from moepipe.s3 import probe_s3_endpoint, s3_transport_reason
 
     environ = os.environ if environ is None else environ
     after = "no model version was completed; run register again once it is back"
@@ -152,8 +152,6 @@ def artifact_store_failure(error: BaseException, tracking_uri: str,
                               f"{s3_transport_reason(error)}; {after}")
     if not (isinstance(error, MlflowException) and "/mlflow-artifacts/" in str(error)):
         return None
-    from moepipe.registry.register import redact
-
     server = f"MLflow server {redact(tracking_uri)}"
     endpoint = environ.get("MLFLOW_S3_ENDPOINT_URL") or environ.get("AWS_ENDPOINT_URL")
     reason = probe_s3_endpoint(endpoint) if endpoint else None

@@ -27,6 +27,7 @@ import httpx
 from moepipe.scrape import netguard, robots
 from moepipe.scrape.hostlimits import HostLimits
 from moepipe.config import ScrapeConfig
+from moepipe.errors import redact
 from moepipe.images import ImageError, ImageHeader, read_header, sniff_kind
 
 log = logging.getLogger(__name__)
@@ -38,21 +39,6 @@ ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309 §2.5: parse at least 500 KiB; the res
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 §2.3.1.2
 ROBOTS_TTL_S = 24 * 3600.0  # RFC 9309 §2.4: do not use a cached copy for longer than 24 hours
 ROBOTS_UNREACHABLE_TTL_S = 600.0  # a failed fetch disallows the host, but not for a whole day
-
-
-SECRET_PARAMS = frozenset({"api_key", "apikey", "key", "password", "token", "access_token"})
-
-
-def redact(url: object) -> str:
-    """The URL with credential-like query values replaced by ***, for logs and messages."""
-    text = str(url)
-    if "?" not in text:
-        return text
-    from urllib.parse import parse_qsl, urlencode
-
-    base, _, query = text.partition("?")
-    pairs = [(k, "***" if k.lower() in SECRET_PARAMS else v) for k, v in parse_qsl(query, keep_blank_values=True)]
-    return base + "?" + urlencode(pairs, safe="*")
 
 
 class FetchError(Exception):

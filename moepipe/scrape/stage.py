@@ -17,7 +17,6 @@ not remembered either, so widening the ratings later brings them in.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -28,9 +27,11 @@ from typing import Any
 
 from moepipe.config import ScrapeConfig
 from moepipe.errors import TransientError, UserError
-from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex
+from moepipe.images import (EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex,
+                            write_json)
 from moepipe.manifest import JsonlLog, Manifest, read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
+from moepipe.reports import publish
 from moepipe.scrape.sources import Post, iter_source, needs_network
 
 
@@ -45,6 +46,13 @@ class ScrapeReport:
     failed: Counter = field(default_factory=Counter)
     by_source: dict[str, Counter] = field(default_factory=dict)
     total_in_manifest: int = 0
+    out: Path | None = None
+
+    @property
+    def summary(self) -> str:
+        """The one line `moepipe scrape` prints."""
+        return (f"scrape: kept {self.kept}, already had {self.already_done}, rejected "
+                f"{sum(self.rejected.values())}, failed {sum(self.failed.values())} → {self.out}")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,8 +166,10 @@ class _Run:
         self.rejects.close()
 
 
-def scrape(cfg: ScrapeConfig, out: Path) -> ScrapeReport:
-    """Fetch every configured source into `out`, resuming where an earlier run stopped."""
+def scrape(cfg: ScrapeConfig, out: Path, reports: Path | None = None) -> ScrapeReport:
+    """Fetch every configured source into `out`, resuming where an earlier run stopped.
+
+    The report goes to `out`/report.json, and to `reports`/scrape.json when given."""
     out.mkdir(parents=True, exist_ok=True)
     remove_partials(out / "images")
     fetcher = None
@@ -179,7 +189,9 @@ def scrape(cfg: ScrapeConfig, out: Path) -> ScrapeReport:
     for name in ("manifest.jsonl", "rejects.jsonl"):  # worker threads appended in finishing order
         records = read_jsonl(out / name)
         write_jsonl(out / name, sorted(records, key=_post_order))
-    atomic_write(out / "report.json", (json.dumps(run.report.to_json(), indent=2) + "\n").encode())
+    write_json(out / "report.json", run.report.to_json())
+    publish(out, reports, "scrape")
+    run.report.out = out
     return run.report
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from moepipe.errors import UserError
+from moepipe.errors import UserError, error_line
 from moepipe.stack.layout import Ports
 
 stack_app = typer.Typer(
@@ -23,7 +23,7 @@ StateDirOption = Annotated[Path, typer.Option("--state-dir", help="data, logs, p
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"moepipe: error: {message}", err=True)
+    typer.echo(error_line(message), err=True)
     raise typer.Exit(1)
 
 

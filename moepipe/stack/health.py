@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 import httpx
 
 from moepipe.errors import UserError
-
-TIMEOUT_S = 3.0
+from moepipe.s3 import REGION, TIMEOUT_S, s3_transport_reason
 
 
 class Unreachable(UserError):
@@ -67,48 +66,12 @@ def probe_s3(endpoint: str | None, access_key: str, secret_key: str, buckets: Se
     return f"bucket(s) missing: {', '.join(missing)}" if missing else None
 
 
-def probe_s3_endpoint(endpoint: str | None, timeout_s: float = TIMEOUT_S) -> str | None:
-    """None if something answers S3 requests at `endpoint` (None: AWS S3), else why not.
-
-    Sends one unsigned ListBuckets: no keys needed and none sent. An S3 error (AccessDenied) is an
-    answer; whether the keys and buckets are right is left to the real request to report."""
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from moepipe.stack.layout import REGION
-
-    config = Config(signature_version=UNSIGNED, connect_timeout=timeout_s, read_timeout=timeout_s,
-                    retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})
-    client = boto3.client("s3", endpoint_url=endpoint, region_name=REGION, config=config)
-    try:
-        client.list_buckets()
-    except ClientError:
-        return None
-    except (BotoCoreError, OSError) as error:
-        return s3_transport_reason(error)
-    return None
-
-
-def s3_transport_reason(error: Exception) -> str:
-    """Why a botocore request got no S3 answer, in a few words."""
-    from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
-
-    if isinstance(error, (ConnectTimeoutError, ReadTimeoutError)):
-        return "no answer (timed out)"
-    detail = str(getattr(error, "kwargs", {}).get("error", error))
-    return "connection refused" if "refused" in detail.lower() else f"cannot connect ({detail})"
-
-
 def s3_client(endpoint: str | None, access_key: str, secret_key: str, timeout_s: float = TIMEOUT_S,
               read_timeout_s: float = 60.0, region: str | None = None):
     """A boto3 S3 client for an S3-compatible endpoint (path-style addressing, no retries);
     endpoint None means AWS S3 itself."""
     import boto3
     from botocore.config import Config
-
-    from moepipe.stack.layout import REGION
 
     config = Config(connect_timeout=timeout_s, read_timeout=read_timeout_s,
                     retries={"total_max_attempts": 1, "mode": "standard"}, s3={"addressing_style": "path"})

@@ -11,6 +11,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from moepipe.images import atomic_write
+from moepipe.s3 import REGION
+
 HOST = "127.0.0.1"
 
 SEAWEEDFS = "seaweedfs"
@@ -25,7 +28,6 @@ BUCKETS: tuple[str, ...] = (DVC_BUCKET, MLFLOW_BUCKET)
 DVC_REMOTE = "s3store"
 DVC_REMOTE_URL = f"s3://{DVC_BUCKET}/store"
 MLFLOW_ARTIFACTS_DESTINATION = f"s3://{MLFLOW_BUCKET}/"
-REGION = "us-east-1"
 ADMIN_GRPC_OFFSET = 10000
 WORK_POOL = "moepipe-process"
 REPO_LIMIT = "moepipe-repo"  # global concurrency limit (1 slot): flows sharing a checkout take turns
@@ -214,12 +216,7 @@ class StateDir:
 
 def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only (0600), atomically, never briefly world-readable."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    atomic_write(path, text.encode("utf-8"), mode=0o600)
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:

@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from moepipe.images import write_json
+
 PROC = Path("/proc")
 _children: dict[int, subprocess.Popen] = {}  # launched by this interpreter: reaped on stop
 
@@ -31,7 +33,7 @@ class ProcessRecord:
 
     def save(self, run_dir: Path) -> None:
         """Write <service>.pid (just the pid, for humans and tools) and <service>.json."""
-        (run_dir / f"{self.service}.json").write_text(json.dumps(asdict(self), indent=1) + "\n")
+        write_json(run_dir / f"{self.service}.json", asdict(self))
         (run_dir / f"{self.service}.pid").write_text(f"{self.pid}\n")
 
     @classmethod

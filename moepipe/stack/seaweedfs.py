@@ -3,12 +3,12 @@ S3 endpoint, with generated keys and the project's buckets."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from moepipe.errors import UserError
+from moepipe.images import write_json
 from moepipe.stack.health import probe_s3, s3_client
-from moepipe.stack.layout import BUCKETS, HOST, REGION, SEAWEEDFS, Ports, StateDir, urls, write_private
+from moepipe.stack.layout import BUCKETS, HOST, REGION, SEAWEEDFS, Ports, StateDir, urls
 from moepipe.stack.service import Credentials, ServiceSpec, find_executable, service_env
 
 START_TIMEOUT_S = 60.0
@@ -22,7 +22,7 @@ def write_identities(state: StateDir, credentials: Credentials) -> None:
         "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}
-    write_private(state.s3_identities, json.dumps(identities, indent=1) + "\n")
+    write_json(state.s3_identities, identities, mode=0o600)
 
 
 def command(state: StateDir, ports: Ports) -> list[str]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moepipe.errors import UserError
-from moepipe.stack.layout import StateDir, write_private
+from moepipe.images import write_json
+from moepipe.stack.layout import StateDir
 
 # Variables that would point a service at another server or profile than the stack's own.
 _INHERITED_BLOCKLIST = (
@@ -53,8 +54,8 @@ class Credentials:
         alphabet = string.ascii_uppercase + string.digits
         credentials = cls("MOE" + "".join(secrets.choice(alphabet) for _ in range(17)),
                           secrets.token_hex(20))
-        write_private(state.credentials, json.dumps(
-            {"access_key": credentials.access_key, "secret_key": credentials.secret_key}) + "\n")
+        write_json(state.credentials, {"access_key": credentials.access_key, "secret_key": credentials.secret_key},
+                   mode=0o600)
         return credentials
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from moepipe.errors import UserError
+from moepipe.images import write_json
 from moepipe.stack import mlflow_server, prefect_server, seaweedfs
 from moepipe.stack.layout import (DVC_BUCKET, PREFECT_SERVER, PREFECT_WORKER, SEAWEEDFS, SERVICES, Ports,
                                   StateDir, client_env, port_in_use, read_env_file, read_ports, urls,
@@ -88,7 +88,7 @@ class Stack:
 
             credentials = Credentials.load_or_create(self.state)
             env = client_env(ports, credentials.access_key, credentials.secret_key)
-            self.state.ports_file.write_text(json.dumps(ports.to_json(), indent=1) + "\n")
+            write_json(self.state.ports_file, ports.to_json())
             seaweedfs.write_identities(self.state, credentials)
             write_env_file(self.state.env_file, env)
 

@@ -53,6 +53,14 @@ class TrainResult:
     images_per_s: float
     last: dict[str, float] = field(default_factory=dict)
     digest: str = ""  # sha256 of G and D parameters: equal on every rank, equal after exact resume
+    generator: Path | None = None  # the exported file
+
+    @property
+    def summary(self) -> str:
+        """The one line `moepipe train` prints."""
+        losses = f", D {self.last['loss_d']:.3f} G {self.last['loss_g']:.3f}" if self.last else ""
+        return (f"train: {self.steps} steps ({self.kimg:.1f} kimg, resumed at {self.resumed_from}) "
+                f"in {self.seconds:.0f} s, {self.images_per_s:.0f} img/s{losses} → {self.generator}")
 
 
 def model_kwargs(cfg: TrainConfig, layout: AttributeLayout | None = None) -> dict[str, Any]:
@@ -353,4 +361,4 @@ def _train(cfg, seed, data, runtime, world, out, reports, sink, echo) -> TrainRe
     trained = max(cfg.steps - start, 0)
     return TrainResult(steps=cfg.steps, resumed_from=start, kimg=cfg.steps * cfg.batch_size / 1000,
                        seconds=seconds, images_per_s=trained * cfg.batch_size / max(seconds, 1e-9),
-                       last=metrics, digest=parameter_digest(trainer.G, trainer.D))
+                       last=metrics, digest=parameter_digest(trainer.G, trainer.D), generator=out / GENERATOR_FILE)

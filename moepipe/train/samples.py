@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from moepipe.data import PackedSet
+from moepipe.data import PackedSet, to_uint8
+from moepipe.images import grid
 
 GRID_SEED = 1234
 CAPTION_WIDTH = 150
@@ -53,16 +54,9 @@ def sample_grid(generator: torch.nn.Module, rows: list[np.ndarray | None], colum
     for vector in rows:
         labels = None if vector is None else torch.from_numpy(np.tile(vector, (columns, 1)))
         images = generator(z.to(device), None if labels is None else labels.to(device), noise_mode="const")
-        tiles.append(((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+        tiles.append(to_uint8(images))
     size = tiles[0].shape[1]
-    captioned = vocabulary is not None and rows[0] is not None
-    left = CAPTION_WIDTH if captioned else 0
-    canvas = Image.new("RGB", (left + columns * (size + 2), len(rows) * (size + 2)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for r, (row_tiles, vector) in enumerate(zip(tiles, rows)):
-        if captioned:
-            caption = _caption(vector, vocabulary, max_lines=max(1, (size - 2) // 11))
-            draw.multiline_text((4, r * (size + 2) + 2), caption, fill=(40, 40, 40), spacing=1)
-        for c, tile in enumerate(row_tiles):
-            canvas.paste(Image.fromarray(tile), (left + c * (size + 2), r * (size + 2)))
-    return canvas
+    captions = None
+    if vocabulary is not None and rows[0] is not None:
+        captions = [_caption(vector, vocabulary, max_lines=max(1, (size - 2) // 11)) for vector in rows]
+    return grid(np.concatenate(tiles), columns, captions, CAPTION_WIDTH)

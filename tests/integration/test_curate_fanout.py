@@ -59,7 +59,8 @@ def test_curate_fanned_out_on_dask_matches_plain_curate(local_stack, raw_set, tm
     with temporary_settings(updates={PREFECT_API_URL: local_stack.env["PREFECT_API_URL"],
                                      PREFECT_HOME: str(tmp_path / "prefect-home")}):
         state = curate_fanout(raw=str(raw), out=str(tmp_path / "fanned"), params=str(params_file),
-                              n_workers=2, shard_size=SHARD_SIZE, return_state=True)
+                              n_workers=2, shard_size=SHARD_SIZE, reports=str(tmp_path / "reports"),
+                              return_state=True)
         summary = state.result()
         with get_client(sync_client=True) as client:
             [subflow] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
@@ -75,6 +76,10 @@ def test_curate_fanned_out_on_dask_matches_plain_curate(local_stack, raw_set, tm
     assert images == file_hashes(tmp_path / "plain" / "images")
     assert images == {Path(record["file"]).name: record["sha256"] for record in kept}  # named by content
     assert summary == plain.to_json() == json.loads((fanned / "report.json").read_text())
+    # the flow refreshes reports/ as `moepipe curate --reports` does
+    assert json.loads((tmp_path / "reports" / "curate.json").read_text()) == summary
+    assert sorted(p.name for p in (tmp_path / "reports").glob("curate_*.png")) == sorted(
+        f"curate_{p.name}" for p in fanned.glob("*.png"))
     assert 0 < plain.kept < plain.input and sum(plain.rejected.values()) > 0  # dirt was found and removed
 
     assert subflow.name and subflow.state.is_completed()

@@ -13,7 +13,8 @@ import torch
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.evaluate.features import (
-    AttributeClassifier, augment_batch, classify, extract, load_classifier, save_classifier, train_classifier,
+    AttributeClassifier, augment_batch, check_resolutions, classify, extract, load_classifier, save_classifier,
+    train_classifier,
 )
 from moepipe.evaluate.inception import FEATURE_DIM, FIDInceptionV3, inception_features, load_fid_inception
 
@@ -97,6 +98,37 @@ def test_load_classifier_names_the_bad_path(tmp_path: Path) -> None:
     torch.save({"format": "moepipe-generator/1"}, other)
     with pytest.raises(UserError, match="generator.pt: not a moepipe feature classifier"):
         load_classifier(other)
+
+
+@pytest.mark.parametrize("resolution", [8, 48, 512])
+def test_classifier_follows_the_config_rule_for_resolution(resolution: int) -> None:
+    groups = {"hair": {"tags": ["red", "blue"], "multi": False}}
+    with pytest.raises(ValueError) as caught:
+        AttributeClassifier(resolution, groups, width=4, feature_dim=8)
+    assert str(caught.value) == f"resolution must be a power of two from 16 to 256 px (got {resolution})"
+    embedding, _ = AttributeClassifier(16, groups, width=4, feature_dim=8)(torch.zeros(2, 3, 16, 16))
+    assert embedding.shape == (2, 8)
+
+
+def test_resolution_mismatches_name_both_values_and_what_to_rerun() -> None:
+    files = dict(generator="g.pt", classifier="c.pt")
+    assert check_resolutions(**files, generator_resolution=32, classifier_resolution=32) == 32
+    assert check_resolutions(**files, generator_resolution=32, classifier_resolution=32, prepared="data",
+                             prepared_resolution=32) == 32
+    cases = [
+        (dict(generator_resolution=32, classifier_resolution=64),
+         "g.pt draws 32 px avatars but c.pt reads 64 px images; re-run `moepipe classifier` on the data the "
+         "generator was trained on"),
+        (dict(generator_resolution=32, classifier_resolution=64, prepared="data", prepared_resolution=64),
+         "g.pt draws 32 px avatars but data holds 64 px images; evaluate a generator against the data it was "
+         "trained on, or re-run `moepipe train` on this data"),
+        (dict(generator_resolution=64, classifier_resolution=32, prepared="data", prepared_resolution=64),
+         "c.pt reads 32 px images but data holds 64 px images; re-run `moepipe classifier`"),
+    ]
+    for values, message in cases:
+        with pytest.raises(UserError) as caught:
+            check_resolutions(**files, **values)
+        assert str(caught.value) == message
 
 
 def test_augmentation_only_moves_pixels() -> None:

@@ -16,7 +16,7 @@ from torch import nn
 from moepipe.config import EvaluateConfig, TrainConfig
 from moepipe.data import PackedSet
 from moepipe.errors import UserError
-from moepipe.evaluate.features import load_classifier
+from moepipe.evaluate.features import AttributeClassifier, load_classifier, save_classifier
 from moepipe.evaluate.stage import _edit_locality, _locality_edits, classifier_stage, evaluate, report_path
 from moepipe.generate.avatar import AvatarModel
 from moepipe.train.loop import train
@@ -154,8 +154,13 @@ def test_inputs_that_do_not_belong_together_are_user_errors(prepared16: Path, mo
     small = _copy_prepared(prepared16, tmp_path / "small", np.asarray(data.images)[:, ::2, ::2],
                            np.asarray(data.labels), resolution=8)
     np.save(small / "val_images.npy", val[:, ::2, ::2])
-    with pytest.raises(UserError, match="draws 16 px avatars but .*small holds 8 px images"):
+    with pytest.raises(UserError, match="draws 16 px avatars but .*small holds 8 px images; .*re-run `moepipe train`"):
         evaluate(CFG, 0, small, models["trained"], models["classifier"], tmp_path / "b")
+    save_classifier(tmp_path / "classifier32.pt", AttributeClassifier(32, data.meta["groups"], data.vocabulary,
+                                                                       width=4, feature_dim=8), {})
+    with pytest.raises(UserError, match=r"classifier32.pt reads 32 px images but .* holds 16 px images; "
+                                        r"re-run `moepipe classifier`$"):
+        evaluate(CFG, 0, prepared16, models["trained"], tmp_path / "classifier32.pt", tmp_path / "b")
     (tmp_path / "junk.pt").write_bytes(b"not a generator")
     with pytest.raises(UserError, match="junk.pt: cannot read the generator"):
         evaluate(CFG, 0, prepared16, tmp_path / "junk.pt", models["classifier"], tmp_path / "c")

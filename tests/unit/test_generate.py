@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from moepipe.cli import app
 from moepipe.evaluate.directions import fit_boundaries, learn_directions
 from moepipe.errors import UserError
-from moepipe.generate.avatar import AvatarModel, Directions, png_bytes
+from moepipe.generate.avatar import AvatarModel, Directions, avatar_text, png_bytes
 from moepipe.models import build_models
 from moepipe.models.export import GENERATOR_FORMAT
 
@@ -152,6 +152,19 @@ def test_png_text_metadata_round_trips() -> None:
     with Image.open(io.BytesIO(png_bytes(pixels, text))) as image:
         assert image.text == text
         assert np.array_equal(np.asarray(image.convert("RGB")), pixels)
+
+
+def test_avatar_text_is_one_set_of_keys() -> None:
+    provenance = {"model_name": "moe-generator", "model_version": "3", "run_id": "r1", "stage": "ignored"}
+    assert avatar_text("models:/moe-generator@champion", 7, ["smile"], ["smile", "red_hair"], 0.7, provenance) == {
+        "Software": "moepipe",
+        "Description": "moe-generator v3: seed 7, attributes smile (drawn: smile, red_hair), truncation 0.7",
+        "model": "models:/moe-generator@champion", "model_name": "moe-generator", "model_version": "3",
+        "run_id": "r1", "seed": "7", "attributes": "smile", "drawn_attributes": "smile,red_hair", "truncation": "0.7"}
+    grid = avatar_text("generator.pt", "0..1", [], "0: a\n1: b", 1.0, comment="two")
+    assert grid == {"Software": "moepipe", "Description": "generator.pt: seed 0..1, attributes none, truncation 1",
+                    "model": "generator.pt", "seed": "0..1", "attributes": "", "drawn_attributes": "0: a\n1: b",
+                    "truncation": "1", "comment": "two"}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -309,6 +322,27 @@ def test_directions_stage_writes_a_file_for_either_kind_of_generator(files, tmp_
     assert Directions.load(tmp_path / "c.npz").tags == []
 
 
+def test_directions_refuse_a_classifier_of_another_resolution(files, tmp_path: Path) -> None:
+    """Avatars are never resized for the classifier: its labels of a resized image would drift."""
+    from moepipe.evaluate.features import AttributeClassifier, save_classifier
+
+    save_classifier(tmp_path / "classifier32.pt", AttributeClassifier(2 * SIZE, GROUPS, VOCABULARY, width=4,
+                                                                       feature_dim=8), {})
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    result = invoke("directions", "--params", tmp_path / "params.yaml", "--classifier", tmp_path / "classifier32.pt",
+                    "--model", files["unconditional"], "--out", tmp_path / "u.npz", "--samples", 20)
+    assert (result.exit_code, result.stderr) == (1, (
+        f"moepipe: error: {files['unconditional']} draws {SIZE} px avatars but {tmp_path / 'classifier32.pt'} "
+        f"reads {2 * SIZE} px images; re-run `moepipe classifier` on the data the generator was trained on\n"))
+    assert not (tmp_path / "u.npz").exists()
+    u = torch.nn.functional.normalize(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)), dim=1)
+    avatars = AvatarModel(ColourGenerator(u), {"resolution": 8, "label_dim": 0})
+    reader = ColourReader()
+    reader.resolution = 16  # another side than the avatars': refused, not resized to fit
+    with pytest.raises(UserError, match="the generator draws 8 px avatars but the classifier reads 16 px images"):
+        learn_directions(avatars, reader, samples=20)
+
+
 def test_generate_writes_a_grid_with_metadata(files, conditional: AvatarModel, tmp_path: Path) -> None:
     out = tmp_path / "grid.png"
     result = invoke("generate", "--model", files["conditional"], "--attributes", "blue_hair,smile", "--n", 5,
@@ -405,6 +439,9 @@ def test_generate_from_a_logged_pyfunc_model(files, conditional: AvatarModel, tm
     assert (pictures[0].text["attributes"], pictures[1].text["attributes"]) == ("red_hair", "")
     assert pictures[0].text["drawn_attributes"] == ",".join(conditional.complete_attributes(["red_hair"], 3))
     assert pictures[1].text["drawn_attributes"] == ",".join(conditional.complete_attributes([], 8))
+    invoke("generate", "--model", folder, "--n", 1, "--seed", 3, "--singles", tmp_path / "one")
+    with Image.open(tmp_path / "one" / "avatar_000003.png") as single:  # the same keys either way
+        assert set(single.text) == set(pictures[0].text) and pictures[0].text["model"] == "unregistered"
     assert np.array_equal(np.asarray(pictures[0].convert("RGB")), conditional.draw([3], "red_hair")[0])
     assert np.array_equal(np.asarray(pictures[1].convert("RGB")), conditional.draw([8])[0])
 

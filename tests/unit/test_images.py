@@ -1,11 +1,15 @@
 import io
+import json
+import os
 import struct
 import zlib
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from moepipe.images import ImageError, atomic_write, decode_rgb, read_header, remove_partials, sniff_kind
+from moepipe.images import (ImageError, atomic_write, decode_rgb, grid, read_header, remove_partials, sniff_kind,
+                            write_json)
 
 
 def _encode(fmt: str, size=(20, 10)) -> bytes:
@@ -73,3 +77,48 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.bin"]
     (tmp_path / "out" / ".tmp-left").write_bytes(b"x")
     assert remove_partials(tmp_path / "out") == 1
+
+
+def test_atomic_write_options(tmp_path, monkeypatch):
+    synced, seen = [], []
+    real_fsync, real_fdopen = os.fsync, os.fdopen
+    monkeypatch.setattr("os.fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    atomic_write(tmp_path / "crop.png", b"fast", fsync=False)  # curate's crops: no fsync each
+    assert (tmp_path / "crop.png").read_bytes() == b"fast" and synced == []
+
+    class Spy(io.RawIOBase):  # records the file's permissions when the content is written
+        def __init__(self, handle):
+            self.handle = handle
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def write(self, data):
+            seen.append(os.fstat(self.fileno()).st_mode & 0o777)
+            return self.handle.write(data)
+
+        def close(self):
+            self.handle.close()
+            super().close()
+
+    monkeypatch.setattr("os.fdopen", lambda fd, *args: Spy(real_fdopen(fd, *args)))
+    atomic_write(tmp_path / "secret", b"key", mode=0o640)
+    assert (tmp_path / "secret").stat().st_mode & 0o777 == 0o640 and seen == [0o640]
+    assert (tmp_path / "secret").read_bytes() == b"key" and len(synced) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crop.png", "secret"]
+
+
+def test_write_json_is_indented_utf8_with_a_final_newline(tmp_path):
+    write_json(tmp_path / "r" / "report.json", {"kept": 3, "tag": "猫耳"})
+    text = (tmp_path / "r" / "report.json").read_bytes().decode("utf-8")
+    assert text == json.dumps({"kept": 3, "tag": "猫耳"}, indent=2) + "\n"
+
+
+def test_grid_lays_out_tiles_captions_and_headers():
+    tiles = np.stack([np.full((8, 8, 3), 10 * i, np.uint8) for i in range(5)])
+    plain = np.asarray(grid(tiles, 3))
+    assert plain.shape == (2 * 8 + 2, 3 * 8 + 2 * 2, 3)  # 2 px gaps between tiles, none outside
+    assert (plain[10:18, 10:18] == 40).all() and (plain[10:18, 20:28] == 255).all()  # tile 4, then white
+    labelled = grid(tiles, 3, captions=["a", "b"], caption_width=30, headers=["x", "y", "z"])
+    assert labelled.size == (30 + 28, 14 + 18)
+    assert (np.asarray(labelled)[14:22, 30:38] == 0).all()

@@ -284,8 +284,18 @@ def test_build_models_routes_options_and_rejects_unknown_ones():
         build_models("dcgan", 32, 0, widht=8)
     with pytest.raises(ValueError, match="unknown architecture"):
         build_models("biggan", 32, 0)
-    with pytest.raises(ValueError, match="resolution must be one of"):
+    with pytest.raises(ValueError, match=r"resolution must be a power of two from 16 to 256 px \(got 48\)"):
         build_models("dcgan", 48, 0)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+@pytest.mark.parametrize("resolution", [8, 48, 512])
+def test_networks_follow_the_config_rule_for_resolution(arch, resolution):
+    with pytest.raises(ValueError) as caught:
+        build_models(arch, resolution, 0)
+    assert str(caught.value) == f"resolution must be a power of two from 16 to 256 px (got {resolution})"
+    generator, _ = tiny(arch, 16, label_dim=0)  # the smallest supported side builds
+    assert generator.resolution == 16
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "stylegan"])

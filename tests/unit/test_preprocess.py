@@ -109,3 +109,15 @@ def test_batches_and_tensor_range(tmp_path):
     assert tensor.is_contiguous(memory_format=__import__("torch").channels_last)
     with pytest.raises(UserError, match="run `moepipe preprocess` first"):
         PackedSet(tmp_path / "none")
+
+
+def test_the_stage_publishes_its_report_and_returns_its_summary(tmp_path):
+    make_curated(tmp_path / "curated")
+    params = parse_params({"preprocess": {"resolution": 32, "val_fraction": 0.25}})
+    stats = preprocess(params.preprocess, params.labels, params.seed, tmp_path / "curated", tmp_path / "prepared",
+                       reports=tmp_path / "reports")
+    published = json.loads((tmp_path / "reports" / "preprocess.json").read_text())
+    assert published == json.loads((tmp_path / "prepared" / "stats.json").read_text()) == dict(stats)
+    counts = stats["images"]
+    assert stats.summary == (f"preprocess: {counts['train']} train, {counts['val']} val at 32 px → "
+                             f"{tmp_path / 'prepared'}")

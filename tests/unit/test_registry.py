@@ -176,6 +176,22 @@ def test_a_run_holds_params_lineage_curves_pictures_and_card(store, trained: Pat
     assert "## Intended use" in text and "## Limitations" in text and "dcgan" in text
 
 
+def test_model_card_states_the_generator_files_facts_not_todays_params(trained: Path) -> None:
+    from moepipe.models.export import generator_summary
+    from moepipe.registry.modelcard import model_card
+
+    generator = trained / "models/generator.pt"
+    params = parse_params({"curate": {"output_size": 128}, "preprocess": {"resolution": 128}})  # changed since
+    data = {"images": 3, "by_source": {"synthetic": 3}, "by_rating": {"general": 3},
+            "reports": {"preprocess": {"images": {"train": 2, "val": 1}}}}
+    common = dict(name="moe-generator", version=1, run_id="r", fingerprint="f", params=params, data=data,
+                  metrics={}, decision={"decision": "champion", "reasons": []}, lineage={})
+    card = model_card(generator=generator, **common)
+    assert card == model_card(generator=generator_summary(generator), **common)  # a file or its summary
+    assert "| architecture | dcgan |" in card and "| resolution | 16 px |" in card
+    assert "(2 train / 1 val after preprocessing at 16 px)" in card and "128 px" not in card
+
+
 def test_registering_the_same_generator_again_reuses_its_version(store, trained: Path, tmp_path: Path) -> None:
     generator = variant(trained, tmp_path, 11)
     first = run_register(store, trained, generator, {"fd": 5.0, **GOOD})
@@ -309,6 +325,7 @@ def test_champion_pyfunc_draws_signed_pngs_and_rejects_bad_rows(store, trained: 
     assert png.text["model_version"] == str(report["version"]) == "1"
     assert (png.text["seed"], png.text["attributes"], png.text["truncation"]) == ("3", tag, "1")
     assert png.text["run_id"] == report["run_id"]
+    assert png.text["model"] == "models:/moe-generator/1" and png.text["Software"] == "moepipe"
     assert out["image"][0] == out["image"][2] != out["image"][1]  # same seed and tags, same picture
     assert model.predict(rows)["image"].tolist() == out["image"].tolist()
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from moepipe.errors import TransientError
-from moepipe.remote import EndpointWatch, Remote, dvc_reason, failure_line, preflight, resolve, wait_watched
+from moepipe.errors import EX_TEMPFAIL, UserError, error_line
+from moepipe.remote import (EndpointWatch, ProcessRun, Remote, closing_line, dvc_reason, failure_line, preflight,
+                            remote_name, resolve, transfer_reason, wait_watched)
 
 
 @pytest.fixture
@@ -35,6 +37,16 @@ def test_the_endpoint_comes_from_the_remote_else_the_environment(tmp_path: Path)
     assert resolve(tmp_path, "folder", environ).endpoint is None
     with pytest.raises(Exception, match=r"no DVC remote named 'nope' \(configured: folder, pinned, store\)"):
         resolve(tmp_path, "nope", environ)
+    # The flows ask for the name only: None where no default is set, a UserError for an unknown one.
+    assert remote_name(tmp_path) == "store" and remote_name(tmp_path, "pinned") == "pinned"
+    with pytest.raises(UserError, match=r"^no DVC remote named 'nope'"):
+        remote_name(tmp_path, "nope")
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    no_scm = true\n")
+    assert remote_name(tmp_path) is None
+    with pytest.raises(UserError, match="no default DVC remote"):
+        resolve(tmp_path)
+    with pytest.raises(UserError, match=r"^cannot open the DVC project at "):
+        remote_name(tmp_path / "nowhere")
 
 
 def test_dvc_failures_condense_to_one_line_naming_the_endpoint() -> None:
@@ -46,6 +58,17 @@ def test_dvc_failures_condense_to_one_line_naming_the_endpoint() -> None:
     assert failure_line(remote, stderr, 255) == (
         'S3 endpoint http://127.0.0.1:8333 (remote s3store, s3://b/store): Could not connect to the endpoint URL: '
         '"http://127.0.0.1:8333/b"; objects that arrived are complete, run it again to transfer the rest')
+    failed = ProcessRun(["dvc", "push"], 255, ["Collecting"], stderr, 1.0)
+    assert transfer_reason(remote, failed) == failure_line(remote, stderr, 255)
+    stopped = ProcessRun(["dvc", "push"], -15, [], [], 1.0, stopped="became unreachable")
+    assert transfer_reason(remote, stopped) == "became unreachable"  # the watch's reason wins
+    done = ProcessRun(["dvc", "push"], 0, ["Collecting", "3 files pushed", ""], [], 1.0)
+    assert transfer_reason(remote, done) is None and closing_line(done) == "3 files pushed"
+
+
+def test_the_error_line_and_the_retry_status_are_defined_once() -> None:
+    assert error_line("bad params") == "moepipe: error: bad params"
+    assert TransientError.exit_code == EX_TEMPFAIL == 75 and UserError.exit_code == 1
 
 
 def test_preflight_and_watch_name_a_dead_endpoint(dead_endpoint: str) -> None:
