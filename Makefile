@@ -8,12 +8,13 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup repro test test-unit test-e2e bench preview clean
+.PHONY: setup repro lint test test-unit test-e2e bench preview clean
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make repro   set up, then run the pipeline (dvc repro) on the embedded default data"
-	@echo "make test    set up, then run the whole test suite"
+	@echo "make test    set up, then lint (ruff) and run the whole test suite"
+	@echo "make lint    ruff check (lint + import order, configured in pyproject.toml)"
 	@echo "make bench   benchmarks (images/s for scrape, curate, preprocess)"
 
 setup: $(VENV)/.installed
@@ -29,7 +30,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 repro: setup
 	$(BIN)/dvc repro
 
-test: setup
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 test-unit: setup

@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MOEPIPE_QUIET", "1")
 
-from moepipe.config import parse_params  # noqa: E402
-from moepipe.curate import curate  # noqa: E402
-from moepipe.scrape.stage import scrape  # noqa: E402
+from moepipe.config import parse_params
+from moepipe.curate import curate
+from moepipe.scrape.stage import scrape
 
 
 def main() -> None:

@@ -35,8 +35,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -44,9 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moepipe.config import Params  # noqa: E402
-from moepipe.generate.avatar import AvatarModel, avatar_text, png_bytes  # noqa: E402
-from moepipe.models import build_models  # noqa: E402
+from moepipe.config import Params  # noqa: E402 - imported after sys.path points at the checkout
+from moepipe.generate.avatar import AvatarModel, avatar_text, png_bytes  # noqa: E402 - imported after sys.path points at the checkout
+from moepipe.models import build_models  # noqa: E402 - imported after sys.path points at the checkout
 
 GOAL = 500.0  # avatars/s, 64 px DCGAN, render path
 

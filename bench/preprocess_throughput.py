@@ -20,9 +20,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moepipe.config import parse_params  # noqa: E402
-from moepipe.manifest import write_jsonl  # noqa: E402
-from moepipe.preprocess.stage import preprocess  # noqa: E402
+from moepipe.config import parse_params
+from moepipe.manifest import write_jsonl
+from moepipe.preprocess.stage import preprocess
 
 
 def make_curated(folder: Path, n: int, vocabulary: list[str]) -> None:

@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("MOEPIPE_QUIET", "1")
 
-from moepipe.config import DanbooruSource, ScrapeConfig  # noqa: E402
-from moepipe.scrape.stage import scrape  # noqa: E402
-from tests.support.fakebooru import FakeBooru  # noqa: E402
+from moepipe.config import DanbooruSource, ScrapeConfig
+from moepipe.scrape.stage import scrape
+from tests.support.fakebooru import FakeBooru
 
 
 def crawl(url: str, posts: int, concurrency: int) -> float:

@@ -21,8 +21,8 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,13 +34,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moepipe.config import TrainConfig  # noqa: E402
-from moepipe.data import PackedSet  # noqa: E402
-from moepipe.models.dcgan import DCGANDiscriminator, DCGANGenerator  # noqa: E402
-from moepipe.scrape.sources.synthetic import render_avatar, sample_spec  # noqa: E402
-from moepipe.train.distributed import World  # noqa: E402
-from moepipe.train.loop import _Trainer  # noqa: E402
-from moepipe.train.runtime import pick_runtime  # noqa: E402
+from moepipe.config import TrainConfig
+from moepipe.data import PackedSet
+from moepipe.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from moepipe.scrape.sources.synthetic import render_avatar, sample_spec
+from moepipe.train.distributed import World
+from moepipe.train.loop import _Trainer
+from moepipe.train.runtime import pick_runtime
 
 SIZE, WIDTH, NZ, BATCH, N_IMAGES = 64, 64, 100, 64, 512
 
@@ -149,8 +149,8 @@ def classic_runner(root: Path, workers: int) -> Callable[[int], None]:
 def moepipe_runner(prepared: Path, augment: bool, precision: str) -> Callable[[int], None]:
     extra = {"augment": "color,translation,cutout", "augment_p": 1.0} if augment else {"augment": ""}
     # The classic transposed-conv body, so both loops train the same network.
-    cfg = TrainConfig(arch="dcgan", block="transposed", width=WIDTH, z_dim=NZ, batch_size=BATCH, conditional=False, ada=False,
-                      loss="nonsaturating", channels_last=True, device="cpu", precision=precision, **extra)
+    cfg = TrainConfig(arch="dcgan", block="transposed", width=WIDTH, z_dim=NZ, batch_size=BATCH, conditional=False,
+                      ada=False, loss="nonsaturating", channels_last=True, device="cpu", precision=precision, **extra)
     trainer = _Trainer(cfg, 0, PackedSet(prepared, "train"), pick_runtime(cfg), World())
     counter = iter(range(10**9))
 
@@ -249,9 +249,9 @@ def main() -> None:
         for r in range(rounds):
             for i in range(epoch):
                 for name in stepped if i % 2 == 0 else stepped[::-1]:
-                    seconds[name][r] += _timed(lambda: variants[name](1))
+                    seconds[name][r] += _timed(lambda name=name: variants[name](1))
             for name in variants.keys() - stepped:
-                seconds[name][r] += _timed(lambda: variants[name](epoch))
+                seconds[name][r] += _timed(lambda name=name: variants[name](epoch))
         for name, value in matmul_peaks().items():  # best of start and end: less noise
             peaks[name] = max(peaks[name], value)
 

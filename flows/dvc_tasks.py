@@ -18,9 +18,6 @@ from prefect.runtime import task_run as current_task_run
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from moepipe.errors import TransientError, UserError
-from moepipe.remote import ProcessRun, closing_line, resolve, run_dvc, run_process, run_transfer
-
 from flows.dvc_stages import (
     PermanentFailure,
     StepFailed,
@@ -28,6 +25,8 @@ from flows.dvc_stages import (
     dvc_failure,
     repro_outcome,
 )
+from moepipe.errors import TransientError, UserError
+from moepipe.remote import ProcessRun, closing_line, resolve, run_dvc, run_process, run_transfer
 
 TRANSFER_RETRIES = 3  # dvc pull/push: S3-compatible stores drop connections now and then
 # Stages whose failures are worth another try unless they refused their input: scrape talks to

@@ -4,16 +4,17 @@ and publish the summary artifact whether the run succeeds or fails."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect import Task
 
 from flows.dvc_stages import StageInfo, StepFailed
-from moepipe.stack.layout import REPO_LIMIT
 from flows.dvc_tasks import failure_of
 from flows.report import Failure, StepRecord, publish, render_summary
+from moepipe.stack.layout import REPO_LIMIT
 
 
 class StepStopped(Exception):

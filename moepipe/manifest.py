@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REQUIRED_FIELDS = ("file", "sha256", "source", "post_id", "url", "tags", "rating", "width", "height")
 
@@ -69,7 +70,7 @@ class JsonlLog:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.records)
 
-    def __enter__(self) -> "JsonlLog":
+    def __enter__(self) -> JsonlLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,8 +9,9 @@ and the flows print; callers never compose it themselves.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class Report(dict):

@@ -16,16 +16,34 @@ from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from moepipe.config.base import ConfigError, Strict
 from moepipe.config.data import (
-    CurateConfig, DanbooruSource, DirtRates, FacesConfig, FolderSource, GelbooruSource, LabelGroup,
-    LabelsConfig, PreprocessConfig, ScrapeConfig, Source, SUPPORTED_RESOLUTIONS, SyntheticSource, UrlsSource,
+    SUPPORTED_RESOLUTIONS,
+    CurateConfig,
+    DanbooruSource,
+    DirtRates,
+    FacesConfig,
+    FolderSource,
+    GelbooruSource,
+    LabelGroup,
+    LabelsConfig,
+    PreprocessConfig,
+    ScrapeConfig,
+    Source,
+    SyntheticSource,
+    UrlsSource,
     check_resolution,
 )
 from moepipe.config.model import (
-    TRAIN_PROFILES, ClassifierConfig, EvaluateConfig, Gate, RegisterConfig, TrainConfig,
+    TRAIN_PROFILES,
+    ClassifierConfig,
+    EvaluateConfig,
+    Gate,
+    RegisterConfig,
+    TrainConfig,
 )
 
 __all__ = [
-    "ClassifierConfig", "ConfigError", "CurateConfig", "EvaluateConfig", "Gate", "DanbooruSource", "DirtRates", "FacesConfig", "FolderSource",
+    "ClassifierConfig", "ConfigError", "CurateConfig", "EvaluateConfig", "Gate", "DanbooruSource", "DirtRates",
+    "FacesConfig", "FolderSource",
     "GelbooruSource", "LabelGroup", "LabelsConfig", "Params", "PreprocessConfig", "RegisterConfig", "ScrapeConfig",
     "Source", "Strict", "SUPPORTED_RESOLUTIONS", "SyntheticSource", "TRAIN_PROFILES", "TrainConfig", "UrlsSource",
     "check_resolution", "load_params", "parse_params", "tracking_uri",
@@ -50,7 +68,7 @@ class Params(Strict):
     registry: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
 
     @model_validator(mode="after")
-    def _crops_cover_the_resolution(self) -> "Params":
+    def _crops_cover_the_resolution(self) -> Params:
         # Preprocess resizes the curated crops to preprocess.resolution: smaller crops would be
         # upscaled, and the model would learn interpolation blur as if it were the art.
         size, resolution = self.curate.output_size, self.preprocess.resolution

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -83,7 +83,7 @@ class LabelsConfig(Strict):
     aliases: dict[str, str] = Field(default_factory=_default_aliases)
 
     @model_validator(mode="after")
-    def _unique_tags(self) -> "LabelsConfig":
+    def _unique_tags(self) -> LabelsConfig:
         seen: dict[str, str] = {}
         for name, group in self.groups.items():
             for tag in group.tags:
@@ -129,7 +129,7 @@ class DirtRates(Strict):
     corrupt: float = Field(default=0.02, ge=0, le=1)
 
     @model_validator(mode="after")
-    def _total(self) -> "DirtRates":
+    def _total(self) -> DirtRates:
         total = sum(self.model_dump().values())
         if total >= 0.9:
             raise ValueError(f"dirt rates add up to {total:.2f}; they must stay below 0.9")
@@ -175,7 +175,7 @@ class FolderSource(SourceBase):
 
 
 Source = Annotated[
-    Union[SyntheticSource, DanbooruSource, GelbooruSource, UrlsSource, FolderSource],
+    SyntheticSource | DanbooruSource | GelbooruSource | UrlsSource | FolderSource,
     Field(discriminator="kind"),
 ]
 

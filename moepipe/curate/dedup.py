@@ -10,8 +10,9 @@ The index stays exact for larger radii but prunes less (~20% of pairs at radius 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Generic, Hashable, Iterable, TypeVar
+from typing import Generic, TypeVar
 
 import numpy as np
 from PIL import Image

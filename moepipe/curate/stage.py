@@ -20,11 +20,12 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,8 +33,7 @@ from PIL import Image
 from moepipe.config import CurateConfig, LabelsConfig
 from moepipe.curate import checks
 from moepipe.curate.dedup import Candidate, Duplicate, aligned_difference, deduplicate, phash
-from moepipe.curate.faces import (FaceBox, crop_square, detect_face, portrait_square, resize_square,
-                                  square_crop)
+from moepipe.curate.faces import FaceBox, crop_square, detect_face, portrait_square, resize_square, square_crop
 from moepipe.curate.labels import LabelStats, attribute_tags, multi_hot
 from moepipe.curate.sheets import write_contact_sheets
 from moepipe.errors import UserError

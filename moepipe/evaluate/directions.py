@@ -12,9 +12,10 @@ of the samples says how far the tag can be controlled this way (near the tag's b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -324,7 +325,7 @@ def load_classifier(path: Path) -> tuple[AttributeClassifier, dict[str, Any]]:
         raise UserError(f"no feature classifier at {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user problem
+    except Exception as error:
         raise UserError(f"{path}: cannot read the feature classifier ({error.__class__.__name__})") from error
     if not isinstance(payload, dict) or payload.get("format") != CLASSIFIER_FORMAT:
         raise UserError(f"{path}: not a moepipe feature classifier file")

@@ -208,7 +208,7 @@ def load_fid_inception(path: Path) -> FIDInceptionV3:
                         f"pt_inception-2015-12-05-6726825d.pth; moepipe never downloads it)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user problem
+    except Exception as error:
         raise UserError(f"{path}: cannot read FID Inception weights ({error.__class__.__name__})") from error
     model = FIDInceptionV3()
     expected = model.state_dict()

@@ -8,7 +8,8 @@ the features, so numbers are comparable only between runs that used the same fea
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy import linalg

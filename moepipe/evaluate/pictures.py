@@ -6,7 +6,8 @@ seeds and attributes each tile shows and lays the tiles out with `moepipe.images
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch

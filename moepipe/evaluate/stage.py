@@ -25,15 +25,30 @@ from moepipe.config import EvaluateConfig
 from moepipe.data import PackedSet
 from moepipe.errors import UserError
 from moepipe.evaluate.features import (
-    AttributeClassifier, check_resolutions, classify, data_digest, extract, load_classifier, save_classifier,
+    AttributeClassifier,
+    check_resolutions,
+    classify,
+    data_digest,
+    extract,
+    load_classifier,
+    save_classifier,
     train_classifier,
 )
 from moepipe.evaluate.inception import inception_features, load_fid_inception
 from moepipe.evaluate.metrics import (
-    control_accuracy, edit_locality, fd_from_features, group_columns, kid, precision_recall,
+    control_accuracy,
+    edit_locality,
+    fd_from_features,
+    group_columns,
+    kid,
+    precision_recall,
 )
 from moepipe.evaluate.pictures import (
-    INTERPOLATION_ROWS, SHEET_ROWS, attribute_sweep, interpolation_strips, sample_sheet,
+    INTERPOLATION_ROWS,
+    SHEET_ROWS,
+    attribute_sweep,
+    interpolation_strips,
+    sample_sheet,
 )
 from moepipe.generate.avatar import AvatarModel, png_bytes
 from moepipe.images import atomic_write, write_json

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class Directions:
         atomic_write(path, buffer.getvalue())
 
     @classmethod
-    def load(cls, path: Path) -> "Directions":
+    def load(cls, path: Path) -> Directions:
         try:
             with np.load(path, allow_pickle=False) as data:
                 tags = [str(t) for t in data["tags"]]
@@ -97,7 +98,7 @@ class AvatarModel:
         self.device = next(generator.parameters()).device
 
     @classmethod
-    def load(cls, path: Path, directions: Path | None = None, device: str = "cpu") -> "AvatarModel":
+    def load(cls, path: Path, directions: Path | None = None, device: str = "cpu") -> AvatarModel:
         """Load generator.pt (and, for an unconditional model, a directions file if it exists)."""
         generator, meta = load_generator(Path(path), device)
         found = Directions.load(directions) if directions is not None and Path(directions).is_file() else None
@@ -141,7 +142,8 @@ class AvatarModel:
         unknown = [t for t in tags if t not in known]
         if unknown:
             if not known:
-                raise UserError(f"this model takes no attributes (unconditional, no edit directions); got {unknown[0]!r}")
+                raise UserError(
+                    f"this model takes no attributes (unconditional, no edit directions); got {unknown[0]!r}")
             raise UserError(f"unknown attribute {unknown[0]!r}; known: {', '.join(self.attributes)}")
         for name, group in self.groups.items():
             chosen = [t for t in tags if t in group.get("tags", [])]

@@ -127,7 +127,7 @@ def preprocess(cfg: PreprocessConfig, labels: LabelsConfig, seed: int, curated: 
     packed: dict[str, np.ndarray] = {}
     for split, items in rows.items():
         images = np.stack([i for i, _, _ in items]) if items else np.zeros((0, size, size, 3), np.uint8)
-        label_rows = np.stack([l for _, l, _ in items]) if items else np.zeros((0, width), np.uint8)
+        label_rows = np.stack([label for _, label, _ in items]) if items else np.zeros((0, width), np.uint8)
         _save_npy(out / f"{split}_images.npy", images)
         _save_npy(out / f"{split}_labels.npy", label_rows)
         packed[split] = images

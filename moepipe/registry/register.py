@@ -41,14 +41,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import logging
+import math
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -279,10 +280,10 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
 
     from mlflow import MlflowClient
 
-    from moepipe.registry.tracking import artifact_store_failure, log_new_version
     from moepipe.models.export import generator_summary
     from moepipe.registry.modelcard import data_card, model_card
     from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
+    from moepipe.registry.tracking import artifact_store_failure, log_new_version
 
     tags = lineage(Path(dvc_lock), generator, fingerprint)
     summary = generator_summary(generator)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -111,7 +112,7 @@ def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: st
         if created is not None:
             try:  # an incomplete version is never promoted, but do not leave it behind either
                 client.delete_model_version(cfg.model_name, created.version)
-            except Exception:  # noqa: BLE001 - the original error matters more
+            except Exception:
                 pass
         raise
     return client.get_model_version(cfg.model_name, created.version)

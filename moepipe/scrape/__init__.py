@@ -1,1 +1,4 @@
-"""Scrape stage: sources (booru APIs, URL lists, folders, the procedural gallery) -> data/raw, through one guarded HTTP client."""
+"""Scrape stage: sources (booru APIs, URL lists, folders, the procedural gallery) -> data/raw.
+
+Everything network-bound goes through one guarded HTTP client (fetch, robots, netguard, hostlimits).
+"""

@@ -18,17 +18,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
-from moepipe.scrape import netguard, robots
-from moepipe.scrape.hostlimits import HostLimits
 from moepipe.config import ScrapeConfig
 from moepipe.errors import redact
 from moepipe.images import ImageError, ImageHeader, read_header, sniff_kind
+from moepipe.scrape import netguard, robots
+from moepipe.scrape.hostlimits import HostLimits
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Fetcher:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "Fetcher":
+    def __enter__(self) -> Fetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -215,8 +215,8 @@ class Fetcher:
             except (TypeError, ValueError, IndexError):
                 return None
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - datetime.now(UTC)).total_seconds()
         if seconds != seconds:  # NaN
             return None
         return min(max(seconds, 0.0), self._cfg.retry_after_cap_s)

@@ -91,11 +91,11 @@ class RobotsRules:
     rules: tuple[Rule, ...] = ()
 
     @classmethod
-    def allow_all(cls) -> "RobotsRules":
+    def allow_all(cls) -> RobotsRules:
         return cls(())
 
     @classmethod
-    def disallow_all(cls) -> "RobotsRules":
+    def disallow_all(cls) -> RobotsRules:
         return cls((Rule(False, "/"),))
 
     def allows(self, path: str) -> bool:

@@ -27,8 +27,7 @@ from typing import Any
 
 from moepipe.config import ScrapeConfig
 from moepipe.errors import TransientError, UserError
-from moepipe.images import (EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex,
-                            write_json)
+from moepipe.images import EXTENSIONS, ImageError, atomic_write, read_header, remove_partials, sha256_hex, write_json
 from moepipe.manifest import JsonlLog, Manifest, read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
 from moepipe.reports import publish

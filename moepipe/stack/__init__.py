@@ -6,8 +6,20 @@ turn an unreachable server into one line naming its URL.
 """
 
 from moepipe.stack.health import Unreachable, probe_environment, require_mlflow, require_prefect, require_s3
-from moepipe.stack.layout import (BUCKETS, DVC_BUCKET, DVC_REMOTE, DVC_REMOTE_URL, ENV_NAMES, GPU_WORK_POOL,
-                                  HOST, MLFLOW_BUCKET, SERVICES, WORK_POOL, Ports, read_env_file)
+from moepipe.stack.layout import (
+                                  BUCKETS,
+                                  DVC_BUCKET,
+                                  DVC_REMOTE,
+                                  DVC_REMOTE_URL,
+                                  ENV_NAMES,
+                                  GPU_WORK_POOL,
+                                  HOST,
+                                  MLFLOW_BUCKET,
+                                  SERVICES,
+                                  WORK_POOL,
+                                  Ports,
+                                  read_env_file,
+)
 from moepipe.stack.stack import ServiceReport, Stack, StackError
 
 __all__ = [

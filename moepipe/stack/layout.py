@@ -220,7 +220,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
-    lines = ["# moepipe local stack: `set -a; . {}; set +a` to use it in a shell".format(path)]
+    lines = [f"# moepipe local stack: `set -a; . {path}; set +a` to use it in a shell"]
     lines += [f"{key}={value}" for key, value in env.items()]
     write_private(path, "\n".join(lines) + "\n")
 

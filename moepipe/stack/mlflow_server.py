@@ -4,8 +4,7 @@ server (`--serve-artifacts`) to the S3 bucket, so clients need only MLFLOW_TRACK
 from __future__ import annotations
 
 from moepipe.stack.health import probe_mlflow
-from moepipe.stack.layout import (HOST, MLFLOW, MLFLOW_ARTIFACTS_DESTINATION, REGION, Ports, StateDir,
-                                  urls)
+from moepipe.stack.layout import HOST, MLFLOW, MLFLOW_ARTIFACTS_DESTINATION, REGION, Ports, StateDir, urls
 from moepipe.stack.service import Credentials, ServiceSpec, python_module, service_env
 
 START_TIMEOUT_S = 90.0

@@ -10,8 +10,17 @@ import httpx
 
 from moepipe.errors import UserError
 from moepipe.stack.health import TIMEOUT_S, probe_prefect
-from moepipe.stack.layout import (HOST, PREFECT_SERVER, PREFECT_WORKER, REPO_LIMIT, WORK_POOL, WORKER_NAME, Ports,
-                                  StateDir, urls)
+from moepipe.stack.layout import (
+    HOST,
+    PREFECT_SERVER,
+    PREFECT_WORKER,
+    REPO_LIMIT,
+    WORK_POOL,
+    WORKER_NAME,
+    Ports,
+    StateDir,
+    urls,
+)
 from moepipe.stack.service import ServiceSpec, python_module, service_env
 
 SERVER_START_TIMEOUT_S = 120.0  # the first start migrates a fresh database

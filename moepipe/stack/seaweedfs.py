@@ -79,7 +79,7 @@ def ensure_buckets(endpoint: str | None, credentials: Credentials, region: str =
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
             if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                raise UserError(f"S3 endpoint {endpoint}: cannot create bucket {bucket}: {code}")
+                raise UserError(f"S3 endpoint {endpoint}: cannot create bucket {bucket}: {code}") from None
         else:
             created.append(bucket)
     return created

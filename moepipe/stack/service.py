@@ -50,7 +50,7 @@ class Credentials:
         except FileNotFoundError:
             pass
         except (json.JSONDecodeError, KeyError) as error:
-            raise UserError(f"{state.credentials}: unreadable ({error}); delete it to make new keys")
+            raise UserError(f"{state.credentials}: unreadable ({error}); delete it to make new keys") from None
         alphabet = string.ascii_uppercase + string.digits
         credentials = cls("MOE" + "".join(secrets.choice(alphabet) for _ in range(17)),
                           secrets.token_hex(20))

@@ -8,15 +8,27 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from moepipe.errors import UserError
 from moepipe.images import write_json
 from moepipe.stack import mlflow_server, prefect_server, seaweedfs
-from moepipe.stack.layout import (DVC_BUCKET, PREFECT_SERVER, PREFECT_WORKER, SEAWEEDFS, SERVICES, Ports,
-                                  StateDir, client_env, port_in_use, read_env_file, read_ports, urls,
-                                  write_env_file)
+from moepipe.stack.layout import (
+    DVC_BUCKET,
+    PREFECT_SERVER,
+    PREFECT_WORKER,
+    SEAWEEDFS,
+    SERVICES,
+    Ports,
+    StateDir,
+    client_env,
+    port_in_use,
+    read_env_file,
+    read_ports,
+    urls,
+    write_env_file,
+)
 from moepipe.stack.process import ProcessRecord, exit_status, is_running, launch, stop
 from moepipe.stack.service import Credentials, ServiceSpec
 
@@ -105,7 +117,7 @@ class Stack:
                 prefect_server.ensure_work_pool(address["prefect_api"])
                 prefect_server.ensure_repo_limit(address["prefect_api"])
                 if PREFECT_WORKER in to_start:
-                    since = datetime.now(timezone.utc)
+                    since = datetime.now(UTC)
                     worker = prefect_server.worker_spec(self.state, ports, env, online_since=since)
                     reports |= self._start([worker], started)
             except BaseException:

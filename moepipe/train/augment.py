@@ -23,7 +23,8 @@ so tests (and anyone reproducing a draw) can pin them.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -114,7 +114,7 @@ class EMA:
         self.module.load_state_dict(state["module"])
         self.last_beta = state.get("last_beta")
 
-    def to(self, *args: Any, **kwargs: Any) -> "EMA":
+    def to(self, *args: Any, **kwargs: Any) -> EMA:
         """Move the averaged module (e.g. keep it on the CPU to save accelerator memory)."""
         self.module.to(*args, **kwargs)
         return self

@@ -12,9 +12,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,10 +31,10 @@ from moepipe.train import checkpoint as ckpt
 from moepipe.train.augment import AdaptiveAugment
 from moepipe.train.distributed import World, average_gradients, broadcast_state, gather_cat, init_world, shutdown
 from moepipe.train.ema import EMA
-from moepipe.train.losses import attribute_loss, gradient_penalty, get_loss, lazy_r1_penalty
+from moepipe.train.losses import attribute_loss, get_loss, gradient_penalty, lazy_r1_penalty
 from moepipe.train.runtime import Runtime, pick_runtime
-from moepipe.train.sink import FileSink, MetricsSink
 from moepipe.train.samples import sample_grid, sample_labels
+from moepipe.train.sink import FileSink, MetricsSink
 
 # Settings that change what is computed; the rest (logging, step count ...) may change on resume.
 _NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
@@ -141,8 +142,9 @@ class _Trainer:
         self.D.to(runtime.device, memory_format=memory)
         betas = (cfg.beta1, cfg.beta2)
         fused = runtime.device.type == "cuda"
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas, foreach=not fused, fused=fused or None)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas, foreach=not fused, fused=fused or None)
+        adam = {"betas": betas, "foreach": not fused, "fused": fused or None}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, **adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, **adam)
         self.loss = get_loss(cfg.loss, gp_weight=cfg.gp_weight)
         self.ema = EMA(self.G, beta=cfg.ema_beta, rampup=cfg.ema_rampup)
         self.ada = AdaptiveAugment(target=cfg.ada_target, speed_kimg=cfg.ada_speed_kimg,
@@ -177,7 +179,8 @@ class _Trainer:
     # -- one optimisation step ---------------------------------------------------------------
     def _batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = np.sort(rng.choice(len(self.data), self.local_batch, replace=len(self.data) < self.local_batch))
-        images = to_tensor(np.asarray(self.data.images[rows]), self.rt.channels_last).to(self.rt.device, non_blocking=True)
+        images = to_tensor(np.asarray(self.data.images[rows]), self.rt.channels_last)
+        images = images.to(self.rt.device, non_blocking=True)
         if not self.label_dim:
             return images, None
         labels = torch.from_numpy(np.asarray(self.data.labels[rows], dtype=np.float32)).to(self.rt.device)
@@ -310,7 +313,7 @@ def train(cfg: TrainConfig, seed: int, prepared: Path, out: Path, *, reports: Pa
         shutdown(world)
 
 
-def _train(cfg, seed, data, runtime, world, out, reports, sink, echo) -> TrainResult:  # noqa: ANN001
+def _train(cfg, seed, data, runtime, world, out, reports, sink, echo) -> TrainResult:
     if cfg.batch_size % world.size:
         raise UserError(f"train.batch_size {cfg.batch_size} does not split over {world.size} processes")
     trainer = _Trainer(cfg, seed, data, runtime, world)

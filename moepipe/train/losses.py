@@ -17,7 +17,8 @@ calls: ``gradient_penalty`` (WGAN-GP) and ``r1_penalty`` / ``lazy_r1_penalty`` (
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -206,7 +207,7 @@ def lazy_r1_penalty(
     return r1_penalty(real_logits, real_images, gamma) * interval
 
 
-def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, layout: "AttributeLayout") -> torch.Tensor:
+def attribute_loss(logits: torch.Tensor, labels: torch.Tensor, layout: AttributeLayout) -> torch.Tensor:
     """AC-GAN auxiliary loss: mean over attribute groups of how badly ``logits`` read ``labels``.
 
     logits, labels: (N, L) over the vocabulary (labels multi-hot). A single-choice group is a

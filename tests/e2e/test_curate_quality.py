@@ -13,8 +13,8 @@ import pytest
 from moepipe.config import CurateConfig, FacesConfig, LabelsConfig, ScrapeConfig, SyntheticSource
 from moepipe.curate import curate
 from moepipe.manifest import read_jsonl
-from moepipe.scrape.stage import scrape
 from moepipe.scrape.sources.synthetic.gallery import COPY_KINDS, plan_gallery
+from moepipe.scrape.stage import scrape
 
 pytestmark = pytest.mark.e2e
 DIRT_KINDS = {"duplicate", "near_duplicate", "tiny", "monochrome", "non_avatar", "truncated", "corrupt"}

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import boto3
@@ -251,11 +252,11 @@ def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(buil
             # worker runs it in the checkout the pull step enters, within a bounded time.
             # Every 60 s, anchored so the first run falls due ~5 s from now and the next one long
             # after this test has paused the deployment (pausing deletes runs not yet started).
-            from datetime import datetime, timedelta, timezone
+            from datetime import datetime, timedelta
 
             from prefect.client.schemas.schedules import IntervalSchedule
 
-            anchor = datetime.now(timezone.utc) - timedelta(seconds=55)
+            anchor = datetime.now(UTC) - timedelta(seconds=55)
             schedule = IntervalSchedule(interval=timedelta(seconds=60), anchor_date=anchor)
             client.create_deployment_schedules(scrape.id, [(schedule, True)])
             flow_run = wait_for_scheduled_run(client, scrape.id)

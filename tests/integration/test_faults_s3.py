@@ -115,8 +115,12 @@ def test_dvc_push_with_s3_down_is_one_line_and_a_retry_completes(stack_with_s3_b
     assert (result.returncode, result.stderr.splitlines()) == (75, [f"moepipe: error: dvc push: {unreachable}"])
     assert time.monotonic() - began < 20
     # The flows' dvc push step: the same line, as a retryable failure.
-    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME, PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
-                                  temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW,
+        temporary_settings,
+    )
 
     from flows.dvc_stages import StepFailed
     from flows.dvc_tasks import dvc_push

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from moepipe.config import ScrapeConfig
-from moepipe.scrape.fetch import FetchError, Fetcher
+from moepipe.scrape.fetch import Fetcher, FetchError
 from moepipe.scrape.netguard import is_blocked, parse_allowlist
 from tests.support.httpserver import Reply, TestServer
 

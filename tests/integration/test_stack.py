@@ -15,11 +15,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from moepipe.stack.layout import REPO_LIMIT
-from moepipe.stack import (DVC_BUCKET, ENV_NAMES, MLFLOW_BUCKET, SERVICES, WORK_POOL, Ports, Stack, StackError,
-                           Unreachable, require_mlflow, require_prefect)
+from moepipe.stack import (
+    DVC_BUCKET,
+    ENV_NAMES,
+    MLFLOW_BUCKET,
+    SERVICES,
+    WORK_POOL,
+    Ports,
+    Stack,
+    StackError,
+    Unreachable,
+    require_mlflow,
+    require_prefect,
+)
 from moepipe.stack.health import s3_client
-from moepipe.stack.layout import WORKER_NAME, read_ports
+from moepipe.stack.layout import REPO_LIMIT, WORKER_NAME, read_ports
 from moepipe.stack.process import group_members
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from moepipe.config import TrainConfig  # noqa: E402
-from moepipe.train.loop import train  # noqa: E402
+from moepipe.config import TrainConfig
+from moepipe.train.loop import train
 
 
 def main() -> None:

@@ -80,6 +80,7 @@ def render_avatar_png(seed: int, size: int = 64) -> tuple[bytes, list[str]]:
     """A small, unique avatar PNG and its booru tags (the synthetic renderer's when available)."""
     try:
         import numpy as np
+
         from moepipe.scrape.sources.synthetic.render import render_avatar, sample_spec
 
         rng = np.random.default_rng(seed)
@@ -87,7 +88,7 @@ def render_avatar_png(seed: int, size: int = 64) -> tuple[bytes, list[str]]:
         image, tags = render_avatar(spec, size, rng).convert("RGB"), spec.tags()
     except ImportError:  # the renderer is optional here; its own tests cover it
         rng_ = random.Random(seed)
-        colour = lambda: tuple(rng_.randrange(256) for _ in range(3))  # noqa: E731
+        colour = lambda: tuple(rng_.randrange(256) for _ in range(3))  # noqa: E731 - a one-line formula, named for the assertions below
         image, tags = Image.new("RGB", (size, size), colour()), ["solo", "chibi", "1girl"]
         draw = ImageDraw.Draw(image)
         draw.ellipse((size * 0.15, size * 0.1, size * 0.85, size * 0.8), fill=colour())  # hair
@@ -112,12 +113,12 @@ def bomb_png(width: int = 20000, height: int = 20000) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart (delayed ACK)
-    server: "_Server"
+    server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         booru = self.server.booru
         parts = urlsplit(self.path)
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -226,7 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    booru: "FakeBooru"
+    booru: FakeBooru
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # resets and aborted transfers are expected here
@@ -278,7 +279,7 @@ class FakeBooru:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def __enter__(self) -> "FakeBooru":
+    def __enter__(self) -> FakeBooru:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.booru = self
         self.port = self._server.server_address[1]
@@ -307,7 +308,7 @@ class FakeBooru:
         while not self._stopping.is_set():
             try:
                 connection, _ = self._blocked.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Union
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -66,28 +66,28 @@ class Reply:
     reset_after: int | None = None  # send this many body bytes, then reset the connection (RST)
 
     @classmethod
-    def json(cls, value: Any, status: int = 200, **kwargs: Any) -> "Reply":
+    def json(cls, value: Any, status: int = 200, **kwargs: Any) -> Reply:
         headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
         return cls(status, json.dumps(value).encode(), headers, **kwargs)
 
     @classmethod
-    def text(cls, value: str, status: int = 200, **kwargs: Any) -> "Reply":
+    def text(cls, value: str, status: int = 200, **kwargs: Any) -> Reply:
         headers = {"Content-Type": "text/plain; charset=utf-8", **kwargs.pop("headers", {})}
         return cls(status, value.encode(), headers, **kwargs)
 
     @classmethod
-    def redirect(cls, location: str, status: int = 302) -> "Reply":
+    def redirect(cls, location: str, status: int = 302) -> Reply:
         return cls(status, b"", {"Location": location})
 
 
-Handler = Union[Reply, Sequence[Reply], Callable[[RecordedRequest], Reply]]
+Handler = Reply | Sequence[Reply] | Callable[[RecordedRequest], Reply]
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, owner: "TestServer", address: tuple[str, int]) -> None:
+    def __init__(self, owner: TestServer, address: tuple[str, int]) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.owner = owner
         super().__init__(address, _RequestHandler)
@@ -103,16 +103,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
     timeout = 10  # idle keep-alive connections end on their own
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # keep test output clean; the request log is the record
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._serve()
 
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._serve()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve()
 
     def _serve(self) -> None:
@@ -195,7 +195,7 @@ class TestServer:
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
-    def start(self) -> "TestServer":
+    def start(self) -> TestServer:
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"TestServer:{self.port}", daemon=True)
         self._thread.start()
@@ -217,7 +217,7 @@ class TestServer:
                 pass
         self._server.server_close()
 
-    def __enter__(self) -> "TestServer":
+    def __enter__(self) -> TestServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from moepipe.curate.dedup import (Candidate, NearDuplicateIndex, chunk_spans, deduplicate, hamming,
-                                  phash)
+from moepipe.curate.dedup import Candidate, NearDuplicateIndex, chunk_spans, deduplicate, hamming, phash
 
 
 def _flip_bits(value: int, count: int, rng: random.Random) -> int:

@@ -6,8 +6,7 @@ from PIL import Image
 
 from moepipe.config import FacesConfig
 from moepipe.curate import faces
-from moepipe.curate.faces import (FaceBox, crop_square, detect_face, face_square, normalised_crop,
-                                  portrait_square)
+from moepipe.curate.faces import FaceBox, crop_square, detect_face, face_square, normalised_crop, portrait_square
 
 
 def _fake_detector(monkeypatch, found):

@@ -13,7 +13,13 @@ import torch
 from moepipe.data import PackedSet, to_tensor
 from moepipe.errors import UserError
 from moepipe.evaluate.features import (
-    AttributeClassifier, augment_batch, check_resolutions, classify, extract, load_classifier, save_classifier,
+    AttributeClassifier,
+    augment_batch,
+    check_resolutions,
+    classify,
+    extract,
+    load_classifier,
+    save_classifier,
     train_classifier,
 )
 from moepipe.evaluate.inception import FEATURE_DIM, FIDInceptionV3, inception_features, load_fid_inception

@@ -9,7 +9,13 @@ from scipy.spatial.distance import cdist
 from moepipe.config import LabelsConfig
 from moepipe.evaluate import metrics
 from moepipe.evaluate.metrics import (
-    control_accuracy, edit_locality, fd_from_features, frechet_distance, kid, knn_radii, precision_recall,
+    control_accuracy,
+    edit_locality,
+    fd_from_features,
+    frechet_distance,
+    kid,
+    knn_radii,
+    precision_recall,
 )
 
 
@@ -90,7 +96,7 @@ def test_kid_estimator_is_unbiased_where_the_plain_mmd_is_not() -> None:
     for _ in range(draws):
         x, y = rng.normal(size=(m, d)), rng.normal(size=(m, d))
         unbiased.append(kid(x, y, subsets=1, subset_size=m)[0])
-        k = lambda u, v: (u @ v.T / d + 1) ** 3  # noqa: E731
+        k = lambda u, v: (u @ v.T / d + 1) ** 3  # noqa: E731 - a one-line formula, named for the assertions below
         biased.append(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
     unbiased, biased = np.array(unbiased), np.array(biased)
     assert abs(unbiased.mean()) < 4 * unbiased.std() / np.sqrt(draws)

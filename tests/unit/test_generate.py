@@ -15,8 +15,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from moepipe.cli import app
-from moepipe.evaluate.directions import fit_boundaries, learn_directions
 from moepipe.errors import UserError
+from moepipe.evaluate.directions import fit_boundaries, learn_directions
 from moepipe.generate.avatar import AvatarModel, Directions, avatar_text, png_bytes
 from moepipe.models import build_models
 from moepipe.models.export import GENERATOR_FORMAT
@@ -312,7 +312,7 @@ def test_directions_stage_writes_a_file_for_either_kind_of_generator(files, tmp_
     result = invoke("directions", *common, "--model", files["unconditional"], "--out", tmp_path / "u.npz",
                     "--samples", 200)
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("directions: ") and f"from 200 samples" in result.stdout
+    assert result.stdout.startswith("directions: ") and "from 200 samples" in result.stdout
     learned = Directions.load(tmp_path / "u.npz")
     assert learned.tags and set(learned.tags) <= set(VOCABULARY) and set(learned.accuracy) == set(learned.tags)
     assert f"directions: {len(learned.tags)} tag(s) from 200 samples" in result.stdout

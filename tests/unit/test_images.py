@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moepipe.images import (ImageError, atomic_write, decode_rgb, grid, read_header, remove_partials, sniff_kind,
-                            write_json)
+from moepipe.images import (
+    ImageError,
+    atomic_write,
+    decode_rgb,
+    grid,
+    read_header,
+    remove_partials,
+    sniff_kind,
+    write_json,
+)
 
 
 def _encode(fmt: str, size=(20, 10)) -> bytes:

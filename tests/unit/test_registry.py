@@ -244,7 +244,7 @@ def test_concurrent_promotions_end_with_the_best_champion(store, trained: Path, 
     def work(fd: float) -> None:
         try:
             reports[fd] = run_register(store, trained, generators[fd], {"fd": fd, **GOOD})
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             errors.append(error)
 
     watcher = threading.Thread(target=watch)

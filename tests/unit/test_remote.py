@@ -11,10 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from moepipe.errors import TransientError
-from moepipe.errors import EX_TEMPFAIL, UserError, error_line
-from moepipe.remote import (EndpointWatch, ProcessRun, Remote, closing_line, dvc_reason, failure_line, preflight,
-                            remote_name, resolve, transfer_reason, wait_watched)
+from moepipe.errors import EX_TEMPFAIL, TransientError, UserError, error_line
+from moepipe.remote import (
+    EndpointWatch,
+    ProcessRun,
+    Remote,
+    closing_line,
+    dvc_reason,
+    failure_line,
+    preflight,
+    remote_name,
+    resolve,
+    transfer_reason,
+    wait_watched,
+)
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from PIL import Image
 
 from moepipe.config import DanbooruSource, FolderSource, GelbooruSource, UrlsSource
 from moepipe.errors import UserError
-from moepipe.scrape.sources import iter_source
-from moepipe.scrape.sources import danbooru, folder, gelbooru, urls
+from moepipe.scrape.sources import danbooru, folder, gelbooru, iter_source, urls
 
 
 class ScriptedFetcher:

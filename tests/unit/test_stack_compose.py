@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from moepipe.stack import (DVC_BUCKET, ENV_NAMES, GPU_WORK_POOL, MLFLOW_BUCKET, SERVICES, WORK_POOL, Ports)
+from moepipe.stack import DVC_BUCKET, ENV_NAMES, GPU_WORK_POOL, MLFLOW_BUCKET, SERVICES, WORK_POOL, Ports
 from moepipe.stack.layout import MLFLOW_ARTIFACTS_DESTINATION, client_env
 
 COMPOSE = Path(__file__).resolve().parents[2] / "infra" / "compose.yaml"

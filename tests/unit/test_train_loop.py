@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from moepipe.config import TrainConfig
-from moepipe.train import checkpoint as ckpt
 from moepipe.models.export import load_generator
+from moepipe.train import checkpoint as ckpt
 from moepipe.train.loop import TrainingDiverged, train
 
 TINY = dict(width=8, z_dim=16, batch_size=8, deterministic=True, threads=1, device="cpu",

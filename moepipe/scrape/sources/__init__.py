@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from moepipe.scrape.sources.base import Post, normalize_rating
 
@@ -15,11 +16,11 @@ __all__ = ["Post", "iter_source", "needs_network", "normalize_rating"]
 NETWORK_KINDS = {"danbooru", "gelbooru", "urls"}
 
 
-def needs_network(source: "Source") -> bool:
+def needs_network(source: Source) -> bool:
     return source.kind in NETWORK_KINDS
 
 
-def iter_source(source: "Source", fetcher: "Fetcher | None") -> Iterator[Post]:
+def iter_source(source: Source, fetcher: Fetcher | None) -> Iterator[Post]:
     """Posts of one configured source, at most `source.limit` of them."""
     if source.kind == "synthetic":
         from moepipe.scrape.sources.synthetic.gallery import iter_posts as synthetic_posts

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin
 
 from moepipe.errors import UserError
@@ -37,7 +38,7 @@ def base_url(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
-def get_listing(fetcher: "Fetcher", endpoint: str, params: dict[str, Any], secrets: tuple[str, ...]) -> Any:
+def get_listing(fetcher: Fetcher, endpoint: str, params: dict[str, Any], secrets: tuple[str, ...]) -> Any:
     """fetcher.get_json, but a FetchError never carries credentials in its URL.
 
     The scrape stage prints the failing URL, and API keys travel as query parameters.
@@ -54,7 +55,7 @@ def get_listing(fetcher: "Fetcher", endpoint: str, params: dict[str, Any], secre
         raise FetchError(error.reason, url, error.detail, retryable=error.retryable) from None
 
 
-def _auth_params(cfg: "DanbooruSource") -> dict[str, str]:
+def _auth_params(cfg: DanbooruSource) -> dict[str, str]:
     if cfg.api_key_env and not cfg.login:
         raise UserError(f"scrape: source {cfg.label!r}: api_key_env is set but login is not")
     key = api_key_from_env(cfg.label, cfg.api_key_env)
@@ -84,7 +85,7 @@ def booru_post(label: str, site: str, raw: dict[str, Any], tags_key: str) -> Pos
     )
 
 
-def iter_posts(cfg: "DanbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
+def iter_posts(cfg: DanbooruSource, fetcher: Fetcher) -> Iterator[Post]:
     """Posts matching `cfg.tags`, newest first, at most `cfg.limit` of them.
 
     Raises FetchError when a listing page cannot be fetched (the scrape stage turns it into a

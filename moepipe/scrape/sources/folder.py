@@ -9,8 +9,9 @@ a stray .txt, .json or .DS_Store is skipped.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from moepipe.errors import UserError
 from moepipe.images import sniff_kind
@@ -59,7 +60,7 @@ def _candidates(root: Path, recursive: bool) -> list[Path]:
     return sorted((path for path in found if path.is_file()), key=lambda p: p.relative_to(root).as_posix())
 
 
-def iter_posts(cfg: "FolderSource") -> Iterator[Post]:
+def iter_posts(cfg: FolderSource) -> Iterator[Post]:
     """Image files under `cfg.path` in path order, at most `cfg.limit` of them, with their bytes."""
     root = Path(cfg.path)
     if not root.exists():

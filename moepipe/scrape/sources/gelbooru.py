@@ -8,11 +8,12 @@ uploads during a crawl push older posts onto the next page.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from moepipe.errors import UserError
-from moepipe.scrape.sources.base import Post, normalize_rating
+from moepipe.scrape.sources.base import Post
 from moepipe.scrape.sources.danbooru import api_key_from_env, base_url, booru_post, get_listing
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _posts_of(cfg: "GelbooruSource", page: Any) -> list[dict[str, Any]]:
+def _posts_of(cfg: GelbooruSource, page: Any) -> list[dict[str, Any]]:
     # Current Gelbooru wraps posts with "@attributes"; older versions answer a bare list, and an
     # empty result has no "post" key at all.
     if isinstance(page, list):
@@ -37,7 +38,7 @@ def _posts_of(cfg: "GelbooruSource", page: Any) -> list[dict[str, Any]]:
                     f"{message or 'something other than posts'}")
 
 
-def iter_posts(cfg: "GelbooruSource", fetcher: "Fetcher") -> Iterator[Post]:
+def iter_posts(cfg: GelbooruSource, fetcher: Fetcher) -> Iterator[Post]:
     """Posts matching `cfg.tags`, newest first, at most `cfg.limit` of them."""
     endpoint = urljoin(base_url(cfg.url), "index.php")
     page_size = max(1, min(cfg.page_size, cfg.limit))

@@ -11,8 +11,9 @@ import csv
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from moepipe.errors import UserError
 from moepipe.scrape.sources.base import Post, normalize_rating
@@ -47,7 +48,7 @@ def _rows_txt(path: Path) -> Iterator[dict[str, Any]]:
                 yield {"url": line}
 
 
-def _rows_csv(path: Path, cfg: "UrlsSource", delimiter: str) -> Iterator[dict[str, Any]]:
+def _rows_csv(path: Path, cfg: UrlsSource, delimiter: str) -> Iterator[dict[str, Any]]:
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle, delimiter=delimiter)
         columns = reader.fieldnames or []
@@ -80,7 +81,7 @@ def _rows_json(path: Path) -> Iterator[dict[str, Any]]:
     yield from rows
 
 
-def _rows(cfg: "UrlsSource", path: Path) -> Iterator[dict[str, Any]]:
+def _rows(cfg: UrlsSource, path: Path) -> Iterator[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
         # A bare list has no columns: present each URL under the configured column name.
@@ -95,7 +96,7 @@ def _rows(cfg: "UrlsSource", path: Path) -> Iterator[dict[str, Any]]:
                     f"use one of {', '.join(FORMATS)}")
 
 
-def iter_posts(cfg: "UrlsSource") -> Iterator[Post]:
+def iter_posts(cfg: UrlsSource) -> Iterator[Post]:
     """One post per distinct URL in the list, in file order, at most `cfg.limit` of them."""
     path = Path(cfg.path)
     if not path.is_file():

@@ -7,8 +7,8 @@ y grows downward. Moving or scaling the head (jitter) then moves every part with
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFilter
 

@@ -24,7 +24,7 @@ class SkinPalette:
     blush: RGB
 
     @classmethod
-    def of(cls, base: RGB) -> "SkinPalette":
+    def of(cls, base: RGB) -> SkinPalette:
         return cls(base, mix(base, (226, 150, 150), 0.35), (150, 92, 84), (255, 128, 140))
 
 
@@ -37,7 +37,7 @@ class EyePalette:
     pupil: RGB
 
     @classmethod
-    def of(cls, base: RGB) -> "EyePalette":
+    def of(cls, base: RGB) -> EyePalette:
         return cls(shade(base, 0.6), base, mix(base, WHITE, 0.5), shade(base, 0.45), shade(base, 0.24))
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import math
 from bisect import bisect_left
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps

@@ -25,7 +25,7 @@ class HairPalette:
     shine: RGB
 
     @classmethod
-    def of(cls, base: RGB) -> "HairPalette":
+    def of(cls, base: RGB) -> HairPalette:
         light = sum(base) / 3 > 200
         # Very light hair needs a cool grey shadow, or it vanishes into a pastel background.
         shadow = mix(base, (120, 120, 170), 0.35) if light else shade(base, 0.72)

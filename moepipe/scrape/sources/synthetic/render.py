@@ -60,7 +60,7 @@ class Look:
     tilt: float
 
     @classmethod
-    def sample(cls, rng: np.random.Generator) -> "Look":
+    def sample(cls, rng: np.random.Generator) -> Look:
         def pick(options: tuple[RGB, ...]) -> RGB:
             return options[int(rng.integers(len(options)))]
 
