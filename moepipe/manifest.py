@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from moepipe.images import atomic_write
+
 REQUIRED_FIELDS = ("file", "sha256", "source", "post_id", "url", "tags", "rating", "width", "height")
 
 
@@ -33,7 +35,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Write a whole JSONL file atomically."""
-    from moepipe.images import atomic_write
 
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     atomic_write(path, text.encode("utf-8"))

@@ -8,6 +8,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from moepipe.images import ImageError, atomic_write, decode_rgb, encode_png
+
 TILE = 96  # thumbnail side, px
 CAPTION = 12  # caption strip height, px
 GAP = 2
@@ -49,8 +51,6 @@ def contact_sheet(tiles: list[tuple[Image.Image, str | None]], columns: int = 8)
 
 
 def _rejected_tile(raw: Path, entry: dict[str, Any]) -> Image.Image:
-    from moepipe.images import ImageError, decode_rgb
-
     if entry["reason"] == "rating":
         return placeholder("hidden")  # never render posts refused for their rating
     try:
@@ -65,7 +65,6 @@ def write_contact_sheets(limit: int, raw: Path, out: Path, kept: list[dict[str, 
 
     Rejects are taken round-robin over reasons, so a rare reason still shows up on the sheet.
     """
-    from moepipe.images import atomic_write, encode_png
 
     if limit == 0:
         return

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from moepipe.data import to_tensor
 from moepipe.errors import UserError
+from moepipe.evaluate.features import check_resolutions, load_classifier
 from moepipe.generate.avatar import AvatarModel, Directions
 
 MIN_EXAMPLES = 5  # a tag seen (or missed) fewer times than this in the samples gets no direction
@@ -96,7 +97,6 @@ def sample_labels(avatars: AvatarModel, classifier: Any, seeds: list[int],
     The classifier must read the generator's resolution (check_resolutions): a resized avatar
     is not what the classifier was trained on, so its labels, and the directions, would drift.
     """
-    from moepipe.evaluate.features import check_resolutions
 
     check_resolutions(generator="the generator", generator_resolution=avatars.resolution,
                       classifier="the classifier", classifier_resolution=classifier.resolution)
@@ -168,7 +168,6 @@ def directions_stage(generator: Path, classifier: Path, out: Path, samples: int 
     if avatars.conditional:
         Directions([], np.zeros((0, avatars.z_dim), np.float32), np.zeros(0, np.float32)).save(Path(out))
         return DirectionsSummary(Path(out), True)
-    from moepipe.evaluate.features import check_resolutions, load_classifier
 
     reader, _ = load_classifier(Path(classifier))
     check_resolutions(generator=generator, generator_resolution=avatars.resolution, classifier=classifier,

@@ -37,7 +37,7 @@ from moepipe.config import tracking_uri as config_tracking_uri
 from moepipe.config.model import TRUNCATION_RANGE
 from moepipe.data import to_uint8
 from moepipe.errors import UserError
-from moepipe.images import grid
+from moepipe.images import atomic_write, grid
 from moepipe.models.attributes import AttributeLayout, Group
 from moepipe.models.dcgan import DCGANGenerator
 from moepipe.models.export import DIRECTIONS_FILE, load_generator
@@ -59,8 +59,6 @@ class Directions:
     accuracy: dict[str, float] = field(default_factory=dict)
 
     def save(self, path: Path) -> None:
-        from moepipe.images import atomic_write
-
         buffer = io.BytesIO()
         np.savez(buffer, tags=np.array(self.tags, dtype=str), normals=self.normals.astype(np.float32),
                  offsets=self.offsets.astype(np.float32),
@@ -508,7 +506,6 @@ def write_pictures(avatars: AvatarModel, model: str, *, out: Path | None, single
 
 def _write(pictures: _Pictures, out: Path | None, singles: Path | None) -> list[str]:
     """Write the whole picture to `out` and each avatar into `singles`; what was written, for the summary."""
-    from moepipe.images import atomic_write
 
     written = []
     try:

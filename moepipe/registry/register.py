@@ -56,6 +56,9 @@ import yaml
 
 from moepipe.config import Params, RegisterConfig
 from moepipe.errors import UserError, redact
+from moepipe.images import write_json
+from moepipe.models.export import generator_summary
+from moepipe.registry.modelcard import data_card, model_card
 from moepipe.reports import Report
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
@@ -280,8 +283,7 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
 
     from mlflow import MlflowClient
 
-    from moepipe.models.export import generator_summary
-    from moepipe.registry.modelcard import data_card, model_card
+    # Lazy: they import mlflow, which reads its logging settings on first import (quiet_mlflow sets them).
     from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry, promote
     from moepipe.registry.tracking import artifact_store_failure, log_new_version
 
@@ -340,7 +342,6 @@ def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics
             description=f"{summary['arch']} {summary['resolution']} px, {cfg.primary_metric} "
                         f"{logged.get(cfg.primary_metric, float('nan')):.4g}; {decision.decision}: "
                         + "; ".join(decision.reasons))
-    from moepipe.images import write_json
 
     write_json(Path(out_report), report)
     return report

@@ -19,7 +19,10 @@ from mlflow.entities.model_registry import ModelVersion
 
 from moepipe.config import RegisterConfig
 from moepipe.errors import TransientError, redact
+from moepipe.generate.avatar import AvatarModel
 from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG
+from moepipe.registry.pyfunc import input_example, model_code, package_dir, requirements, signature
+from moepipe.s3 import probe_s3_endpoint, s3_transport_reason
 
 MODEL_NAME_IN_RUN = "generator"
 VERSION_LINEAGE_TAGS = ("mlflow.source.git.commit", "moepipe.git_dirty", "dvc.md5.data/prepared", FINGERPRINT_TAG)
@@ -73,8 +76,6 @@ def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: st
                     train_reports: Path, metrics_json: Path, data_reports: Path,
                     artifacts: Mapping[str, Path | None]) -> ModelVersion:
     """A new run with everything logged, and a complete model version of cfg.model_name."""
-    from moepipe.generate.avatar import AvatarModel
-    from moepipe.registry.pyfunc import input_example, model_code, package_dir, requirements, signature
 
     run_tags = {**tags, "moepipe.arch": str(summary.get("arch")), "moepipe.generator_step": str(summary.get("step"))}
     run = client.create_run(experiment_id, run_name=f"{summary.get('arch')}-{summary.get('resolution')}px-"
@@ -143,7 +144,6 @@ def artifact_store_failure(error: BaseException, tracking_uri: str,
 
     from mlflow.exceptions import MlflowException
 
-    from moepipe.s3 import probe_s3_endpoint, s3_transport_reason
 
     environ = os.environ if environ is None else environ
     after = "no model version was completed; run register again once it is back"
