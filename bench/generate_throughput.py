@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moepipe.config import Params  # noqa: E402 - imported after sys.path points at the checkout
-from moepipe.generate.avatar import AvatarModel, avatar_text, png_bytes  # noqa: E402 - imported after sys.path points at the checkout
+from moepipe.generate.avatar import AvatarModel  # noqa: E402 - imported after sys.path points at the checkout
+from moepipe.generate.pictures import avatar_text, png_bytes  # noqa: E402 - imported after sys.path points at the checkout
 from moepipe.models import build_models  # noqa: E402 - imported after sys.path points at the checkout
 
 GOAL = 500.0  # avatars/s, 64 px DCGAN, render path

@@ -194,7 +194,8 @@ def generate(
     MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
     """
     try:
-        from moepipe.generate.avatar import open_avatars, write_pictures
+        from moepipe.generate.loading import open_avatars
+        from moepipe.generate.pictures import write_pictures
 
         avatars = open_avatars(model, directions, params=params)
         summary = write_pictures(avatars, model, out=out, singles=singles, n=n, seed=seed, attributes=attributes,

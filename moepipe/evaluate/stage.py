@@ -50,7 +50,8 @@ from moepipe.evaluate.pictures import (
     interpolation_strips,
     sample_sheet,
 )
-from moepipe.generate.avatar import AvatarModel, png_bytes
+from moepipe.generate.avatar import AvatarModel
+from moepipe.generate.pictures import png_bytes
 from moepipe.images import atomic_write, write_json
 from moepipe.models.export import DIRECTIONS_FILE
 from moepipe.progress import progress_bar

@@ -36,7 +36,8 @@ from mlflow.types import ColSpec, Schema
 
 from moepipe.config.model import TRUNCATION_RANGE
 from moepipe.errors import UserError
-from moepipe.generate.avatar import PROVENANCE_KEYS, AvatarModel, avatar_text, png_bytes
+from moepipe.generate.avatar import AvatarModel
+from moepipe.generate.pictures import PROVENANCE_KEYS, avatar_text, png_bytes
 from moepipe.models.export import DIRECTIONS_FILE, GENERATOR_FILE
 
 MAX_ROWS = 256  # avatars per request; a bigger batch is a client mistake, not a reason to OOM

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from moepipe.cli import app
 from moepipe.errors import UserError
 from moepipe.evaluate.directions import fit_boundaries, learn_directions
-from moepipe.generate.avatar import AvatarModel, Directions, avatar_text, png_bytes
+from moepipe.generate.avatar import AvatarModel, Directions
+from moepipe.generate.pictures import avatar_text, png_bytes
 from moepipe.models import build_models
 from moepipe.models.export import GENERATOR_FORMAT
 
