@@ -443,3 +443,32 @@ def test_minibatch_std_handles_batches_not_divisible_by_the_group():
     assert torch.allclose(stat[0], expected)
     assert torch.equal(y[:, :8], x)
     assert layer(torch.randn(1, 8, 4, 4)).shape == (1, 9, 4, 4)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "stylegan"])
+def test_every_generator_answers_the_same_call_signature(arch):
+    options = {"width": 8} if arch == "dcgan" else {"channel_base": 256, "channel_max": 32}
+    G, _ = build_models(arch, 16, 3, **options)
+    G.eval()
+    z, labels = torch.randn(4, G.z_dim, generator=torch.Generator().manual_seed(0)), torch.eye(3)[[0, 1, 2, 0]]
+    with torch.no_grad():
+        full = G(z, labels, truncation_psi=1.0, noise_mode="const")
+        flat = G(z, labels, truncation_psi=torch.zeros(4), noise_mode="const")
+        half = G(z, labels, truncation_psi=torch.tensor([1.0, 1.0, 0.0, 0.0]), noise_mode="const")
+    assert full.shape == (4, 3, 16, 16) and G.truncation_space in ("z", "w")
+    assert torch.allclose(flat[0], flat[3], atol=1e-5)  # psi 0: one image per label set, whatever z
+    assert not torch.allclose(full[0], full[3], atol=1e-3)
+    assert torch.allclose(half[:2], full[:2], atol=1e-5) and torch.allclose(half[2:], flat[2:], atol=1e-5)
+
+
+def test_dcgan_minibatch_std_makes_the_logit_depend_on_the_batch_and_d_width_is_its_own():
+    _, plain = build_models("dcgan", 16, 0, width=8)
+    _, mbstd = build_models("dcgan", 16, 0, width=8, d_width=12, minibatch_std=True)
+    assert mbstd.width == 12 and mbstd.main[-1].in_channels == 12 * 2 + 1
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    other = torch.cat([x[:4], torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))])
+    for D, depends in ((plain, False), (mbstd, True)):
+        D.eval()
+        with torch.no_grad():
+            same = torch.allclose(D(x)[:4], D(other)[:4], atol=1e-6)
+        assert same is not depends
