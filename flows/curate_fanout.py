@@ -87,7 +87,7 @@ def curate_on_task_runner(raw: str, out: str, params: str, shard_size: int,
     p = load_params(params)
     report = curate(p.curate, p.labels, list(p.scrape.ratings), Path(raw).absolute(), Path(out).absolute(),
                     examine_all=examine_on_task_runner(shard_size),
-                    reports=Path(reports).absolute() if reports else None)
+                    reports=Path(reports).absolute() if reports else None, exclude=p.scrape.exclude)
     get_run_logger().info(report.summary)
     return report.to_json()
 

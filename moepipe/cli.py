@@ -94,7 +94,8 @@ def curate(
         _require_dir(raw, "raw data")
         from moepipe.curate import curate as run_curate
 
-        return run_curate(p.curate, p.labels, list(p.scrape.ratings), raw, out, reports=reports).summary
+        return run_curate(p.curate, p.labels, list(p.scrape.ratings), raw, out, reports=reports,
+                          exclude=p.scrape.exclude).summary
 
     _run(action, params)
 
@@ -206,6 +207,35 @@ def generate(
     typer.echo(summary)
 
 
+@app.command()
+def studio(
+    model: Annotated[str | None, typer.Option(
+        help="models:/NAME@ALIAS (followed while the studio runs), models:/NAME/VERSION, runs:/..., or a "
+             "generator.pt (default: models:/<register.model_name>@champion)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (loopback unless told otherwise)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8765,
+    poll_seconds: Annotated[float, typer.Option(
+        help="how often to check the registry alias and swap in the version it points to")] = 30.0,
+    directions: Annotated[Path | None, typer.Option(
+        help="edit directions for an unconditional model (default: directions.npz beside a generator.pt)")] = None,
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Serve the avatar studio: a web page (and JSON/PNG API, docs at /docs) on the champion model.
+
+    Pick attributes, re-roll seeds, move truncation, see eight variations, one avatar in every value
+    of a group, interpolations (PNG strip and GIF), champion vs challenger, and the lineage of the
+    version that draws. MLflow URIs use MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
+    """
+    try:
+        from moepipe.studio.server import run_studio
+
+        summary = run_studio(model, host=host, port=port, params=params, poll_seconds=poll_seconds,
+                             directions=directions, echo=typer.echo)
+    except UserError as error:
+        _fail(str(error), error.exit_code)
+    typer.echo(summary)
+
+
 @app.command("classifier")
 def classifier_command(
     params: ParamsOption = Path("params.yaml"),
@@ -285,6 +315,35 @@ def register_command(
                               out_report=report).summary
 
     _run(action, params)
+
+
+@app.command("lineage")
+def lineage_command(
+    target: Annotated[str, typer.Argument(
+        help="an avatar PNG drawn by a registered model, models:/NAME/VERSION, models:/NAME@ALIAS, or a "
+             "generator file")],
+    params: ParamsOption = Path("params.yaml"),
+    repo: Annotated[Path, typer.Option(help="the DVC project whose cache (else its remote) holds the data")] = Path(
+        "."),
+    limit: Annotated[int, typer.Option(min=0, help="posts to list (0: all); the total is always given")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print the chain as JSON")] = False,
+) -> None:
+    """Trace TARGET back: model version → MLflow run → data version (DVC md5s) → the source posts.
+
+    The posts (source, post id, split, rating, artists, licence, URLs) are read from data/curated's
+    manifest at the hash the run recorded, from the DVC cache or remote, not from the working tree.
+    MLflow store: MLFLOW_TRACKING_URI, else register.tracking_uri from PARAMS.
+    """
+    try:
+        from moepipe.config import tracking_uri
+        from moepipe.registry.lineage import lineage_command as run_lineage
+        from moepipe.remote import ObjectStore
+
+        with ObjectStore(repo) as read:
+            text = run_lineage(target, tracking_uri(params), read, limit=limit, as_json=as_json)
+    except UserError as error:
+        _fail(str(error), error.exit_code)
+    typer.echo(text)
 
 
 from moepipe.stack.cli import stack_app  # noqa: E402 - sub-app, kept next to where it is added

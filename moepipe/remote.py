@@ -284,3 +284,66 @@ def transfer(repo: Path, action: str, name: str | None = None, targets: Sequence
     except TransientError as error:
         raise TransientError(f"{step}: {error}") from None
     return f"{step}: {closing_line(run) or 'done'} ({remote.describe()})"
+
+
+class ObjectStore:
+    """DVC objects by md5, one at a time, without a checkout: from the project's cache, else from
+    its remote (preflighted once), where a fetched object is kept in the cache as `dvc fetch`
+    would. For `moepipe lineage`, which reads a model's manifest at the hash its run recorded.
+
+    Call it with an md5 (a directory listing's ends in .dir); None when neither store has it. The
+    project is opened at the first call (UserError if REPO is none) and held until `close`; use it
+    as a context manager."""
+
+    def __init__(self, repo: Path, name: str | None = None) -> None:
+        self.repo = repo
+        self.name = name
+        self._dvc = None
+        self._remote_odb = None
+        self._remote: Remote | None = None
+        self._no_remote = False
+
+    def __call__(self, oid: str) -> bytes | None:
+        if self._dvc is None:
+            self._dvc = open_repo(self.repo)
+        cache = self._dvc.cache.local
+        if cache.exists(oid):
+            with cache.fs.open(cache.oid_to_path(oid), "rb") as handle:
+                return handle.read()
+        odb = self._odb()
+        if odb is None:
+            return None
+        try:
+            if not odb.exists(oid):
+                return None
+            data = odb.fs.cat_file(odb.oid_to_path(oid))
+        except Exception as error:  # whichever filesystem the remote is, its failure in one line
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise TransientError(f"{self._remote.describe()}: cannot read DVC object {oid} "
+                                 f"({type(error).__name__}{': ' + first if first else ''})") from None
+        cache.add_bytes(oid, data)
+        return data
+
+    def _odb(self):
+        if self._remote_odb is None and not self._no_remote:
+            try:
+                self._remote = resolve(self.repo, self.name)
+            except UserError:
+                if self.name is not None:
+                    raise
+                self._no_remote = True  # no default remote: the cache is all there is
+                return None
+            preflight(self._remote)
+            self._remote_odb = self._dvc.cloud.get_remote_odb(self._remote.name, "fetch")
+        return self._remote_odb
+
+    def close(self) -> None:
+        if self._dvc is not None:
+            self._dvc.close()
+            self._dvc = None
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -196,6 +196,11 @@ class ScrapeConfig(Strict):
     retry_after_cap_s: float = Field(default=60.0, ge=0)
     max_redirects: int = Field(default=5, ge=0, le=20)
     respect_robots: bool = True
+    exclude: Path | None = Field(
+        default=None,
+        description="opt-out list: one `post:<source>:<id>`, `url:<glob>`, `artist:<name>`, `md5:<hex>` or "
+        "`sha256:<hex>` a line (moepipe/exclude.py); scrape and curate drop what it names",
+    )
     allow_private: list[str] = Field(
         default_factory=list,
         description="addresses or networks (CIDR) allowed although loopback/private/link-local",

@@ -17,14 +17,17 @@ from moepipe.config.base import Strict
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     # A few minutes on 2 CPU cores for the default 64 px synthetic gallery; bf16 autocast where
     # the CPU has bf16 hardware (precision auto), else fp32.
-    "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 2400, "device": "cpu",
+    "cpu": {"arch": "dcgan", "width": 32, "batch_size": 32, "steps": 3000, "device": "cpu",
             "precision": "auto", "checkpoint_every": 200, "sample_every": 400, "ada_speed_kimg": 20.0,
             "mode_seeking": 0.3,
             # Translation only: colour jitter changes the hair and eye colours the attribute head
             # must read, and cutout hides the eyes. With the AC-GAN weight 1 / 3 / 6 / 10 control
             # accuracy was 0.78 / 0.93 / 0.955 / 0.96 on the default data, balanced labels on
             # (README, ablation).
-            "augment": "translation", "aux_weight": 10.0},
+            "augment": "translation", "aux_weight": 10.0,
+            # Two time-scale update rule (Heusel et al. 2017): D learns 4x faster than G. With
+            # 3,000 steps instead of 2,400 it took fd from 12.9 to ... on the default data (README).
+            "lr_g": 1e-4, "lr_d": 4e-4},
     # One modern GPU: StyleGAN-lite with bf16 autocast and channels_last.
     "gpu": {"arch": "stylegan", "batch_size": 64, "steps": 40000, "device": "cuda",
             "precision": "bf16", "checkpoint_every": 1000, "sample_every": 2000, "r1_gamma": 0.5,

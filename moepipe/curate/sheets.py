@@ -51,8 +51,8 @@ def contact_sheet(tiles: list[tuple[Image.Image, str | None]], columns: int = 8)
 
 
 def _rejected_tile(raw: Path, entry: dict[str, Any]) -> Image.Image:
-    if entry["reason"] == "rating":
-        return placeholder("hidden")  # never render posts refused for their rating
+    if entry["reason"] in ("rating", "excluded"):
+        return placeholder("hidden")  # never render posts refused for their rating or opted out
     try:
         return decode_rgb((raw / entry["raw_file"]).read_bytes())
     except (ImageError, OSError, TypeError):
@@ -63,17 +63,15 @@ def write_contact_sheets(limit: int, raw: Path, out: Path, kept: list[dict[str, 
                          rejected: list[dict[str, Any]]) -> None:
     """out/contact_kept.png and out/contact_rejected.png, up to `limit` tiles each.
 
-    Rejects are taken round-robin over reasons, so a rare reason still shows up on the sheet.
+    Rejects are taken round-robin over reasons, so a rare reason still shows up on the sheet. Both
+    files are always written (dvc.yaml declares them as plots): an empty side, or `limit` 0, gets
+    one tile saying so.
     """
-
-    if limit == 0:
-        return
-    if kept:
-        tiles: list[tuple[Image.Image, str | None]] = []
-        for record in kept[:limit]:
-            with Image.open(out / record["file"]) as image:
-                tiles.append((image.convert("RGB"), None))
-        atomic_write(out / "contact_kept.png", encode_png(contact_sheet(tiles)))
+    tiles: list[tuple[Image.Image, str | None]] = []
+    for record in kept[:limit]:
+        with Image.open(out / record["file"]) as image:
+            tiles.append((image.convert("RGB"), None))
+    atomic_write(out / "contact_kept.png", encode_png(contact_sheet(tiles or [_empty(limit)])))
     by_reason: dict[str, list[dict[str, Any]]] = {}
     for entry in rejected:
         by_reason.setdefault(entry["reason"], []).append(entry)
@@ -86,6 +84,9 @@ def write_contact_sheets(limit: int, raw: Path, out: Path, kept: list[dict[str, 
                 queues.remove(queue)
             elif len(chosen) < limit:
                 chosen.append(entry)
-    if chosen:
-        tiles = [(_rejected_tile(raw, entry), entry["reason"]) for entry in chosen]
-        atomic_write(out / "contact_rejected.png", encode_png(contact_sheet(tiles)))
+    tiles = [(_rejected_tile(raw, entry), entry["reason"]) for entry in chosen]
+    atomic_write(out / "contact_rejected.png", encode_png(contact_sheet(tiles or [_empty(limit)])))
+
+
+def _empty(limit: int) -> tuple[Image.Image, str | None]:
+    return placeholder("none" if limit else "sheets off"), None

@@ -37,13 +37,14 @@ from moepipe.curate.faces import FaceBox, crop_square, detect_face, portrait_squ
 from moepipe.curate.labels import LabelStats, attribute_tags, multi_hot
 from moepipe.curate.sheets import write_contact_sheets
 from moepipe.errors import UserError
+from moepipe.exclude import load_exclusions
 from moepipe.images import atomic_write, encode_png, sha256_hex, write_json
 from moepipe.manifest import read_jsonl, write_jsonl
 from moepipe.progress import progress_bar
 from moepipe.reports import publish
 
 REASONS = ("corrupt", "too_small", "bad_aspect", "monochrome", "low_information", "not_avatar",
-           "rating", "duplicate", "near_duplicate")
+           "rating", "excluded", "duplicate", "near_duplicate")
 OUTPUT_FILES = ("manifest.jsonl", "rejects.jsonl", "report.json", "contact_kept.png", "contact_rejected.png")
 SCRATCH = ".dedup"  # centre views for near-duplicate checks in face mode; removed at the end
 RAW_COPIES = ("file", "sha256", "md5", "width", "height", "format", "bytes")  # kept as raw_<name>
@@ -241,14 +242,17 @@ def _duplicate_detail(why: Duplicate[int], position: int, compare: _PixelCompare
 
 
 def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Path, out: Path,
-           examine_all: Examiner | None = None, reports: Path | None = None) -> CurateReport:
+           examine_all: Examiner | None = None, reports: Path | None = None,
+           exclude: Path | None = None) -> CurateReport:
     """Check, deduplicate, crop and label every post of `raw` into `out`; returns the counts.
 
     `examine_all` runs the per-image work elsewhere (default: a local pool of cfg.workers). The
-    report and contact sheets go to `out`, and are published to `reports` when given."""
+    report and contact sheets go to `out`, and are published to `reports` when given. Posts the
+    opt-out list `exclude` (scrape.exclude) names are rejected as `excluded`, unexamined."""
     manifest_path = raw / "manifest.jsonl"
     if not raw.is_dir() or not manifest_path.is_file():
         raise UserError(f"curate: no raw data at {raw} (run `moepipe scrape` first)")
+    exclusions = load_exclusions(exclude)
     records = sorted(read_jsonl(manifest_path), key=post_order)
     _prepare_out(out)
     workers = cfg.workers or os.cpu_count() or 1
@@ -258,6 +262,10 @@ def curate(cfg: CurateConfig, labels: LabelsConfig, ratings: list[str], raw: Pat
     # Metadata checks first; then one job per distinct file (same bytes, same verdict).
     first_of_sha: dict[str, int] = {}
     for position, record in enumerate(records):
+        entry = exclusions.match(record)
+        if entry is not None:  # a raw folder older than the entry: never examined, never shown
+            rejects[position] = _reject(record, "excluded", f"{entry} ({entry.where})")
+            continue
         try:
             checks.check_rating(record.get("rating"), ratings)
         except checks.Rejection as rejection:

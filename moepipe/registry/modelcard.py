@@ -104,6 +104,10 @@ def model_card(*, name: str, version: int, run_id: str, fingerprint: str, genera
     dvc = {k.removeprefix("dvc.md5."): v for k, v in lineage.items() if k.startswith("dvc.md5.")}
     if dvc:
         sections += ["DVC content hashes of the inputs (dvc.lock):", _table(dvc, ("path", "md5"))]
+    sections.append(f"Every source post of this version's data (source, post id, rating, artist, licence, URL), "
+                    f"read from the manifest at the recorded hash: `moepipe lineage models:/{name}/{version}`. "
+                    "Posts listed in the opt-out file (`scrape.exclude`) leave the data, and the next "
+                    "version, at the next `dvc repro`.")
     sections += [
         "## Evaluation",
         _table(dict(sorted(metrics.items())), ("metric", "value")) if metrics else "No metrics.",

@@ -237,13 +237,19 @@ def dvc_hashes(dvc_lock: Path) -> dict[str, str]:
         lock = yaml.safe_load(dvc_lock.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError:
         return {}
-    hashes = {}
-    for stage in (lock.get("stages") or {}).values():
-        for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
-            path, md5 = str(entry.get("path", "")), entry.get("md5")
-            if (md5 and path.startswith(DATA_PREFIXES) and not path.endswith("checkpoints")
-                    and re.fullmatch(r"[\w./ -]+", path)):
-                hashes[f"dvc.md5.{path}"] = str(md5)
+    hashes: dict[str, str] = {}
+    produced: set[str] = set()
+    # What the producing stage recorded wins over another stage's deps: while `dvc repro` runs the
+    # register stage, its own lock entry (listed last) still holds the previous run's inputs.
+    for kind in ("outs", "deps"):
+        for stage in (lock.get("stages") or {}).values():
+            for entry in stage.get(kind) or []:
+                path, md5 = str(entry.get("path", "")), entry.get("md5")
+                if (md5 and path.startswith(DATA_PREFIXES) and not path.endswith("checkpoints")
+                        and re.fullmatch(r"[\w./ -]+", path) and path not in produced):
+                    hashes[f"dvc.md5.{path}"] = str(md5)
+                    if kind == "outs":
+                        produced.add(path)
     return hashes
 
 

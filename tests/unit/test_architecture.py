@@ -16,17 +16,18 @@ PACKAGE = Path(__file__).resolve().parents[2] / "moepipe"
 # Lowest first. A module may import its own package and any package of a lower layer; packages
 # of the same layer never import each other, except in the bottom layer (core helpers).
 LAYERS: list[set[str]] = [
-    {"errors", "config", "images", "manifest", "progress", "data", "reports", "s3"},  # core
+    {"errors", "config", "images", "manifest", "progress", "data", "reports", "s3", "exclude"},  # core
     {"models"},  # networks and the generator file
     {"generate"},  # inference: drawing avatars from a generator file
     {"scrape", "curate", "preprocess", "train", "evaluate"},  # the pipeline stages
     {"registry"},  # MLflow: runs, versions, promotion, the pyfunc
-    {"remote", "stack"},  # operations: the DVC remote, the dev service stack
+    {"remote", "stack", "studio", "pyfunc"},  # operations: the DVC remote, the dev service stack, the avatar studio
     {"cli"},  # the command line: parses and calls
     {"__main__"},  # python -m moepipe
 ]
-# Inference must not pull in training code (the pyfunc ships what generate needs, no more).
-FORBIDDEN = {"registry": {"train"}}
+# Inference must not pull in training code (the pyfunc ships what generate needs, no more; the
+# studio draws through generate and the registry).
+FORBIDDEN = {"registry": {"train"}, "studio": {"train"}}
 
 
 def layer_of(unit: str) -> int:
@@ -105,6 +106,7 @@ def test_no_module_imports_upward_or_sideways() -> None:
     ("moepipe.models.export", "moepipe.train.loop"),  # inference would need the training loop
     ("moepipe.scrape.stage", "moepipe.curate.stage"),  # stages are peers
     ("moepipe.registry.pyfunc", "moepipe.train.samples"),  # forbidden although lower
+    ("moepipe.studio.app", "moepipe.train.loop"),  # the studio draws, never trains
     ("moepipe.remote", "moepipe.stack.health"),  # operations are peers
 ])
 def test_an_upward_or_sideways_edge_is_reported(source: str, target: str) -> None:

@@ -12,6 +12,7 @@ from moepipe.config import CurateConfig, FacesConfig, LabelsConfig, SyntheticSou
 from moepipe.curate import curate
 from moepipe.curate import faces as faces_module
 from moepipe.curate.faces import FaceBox
+from moepipe.curate.sheets import GAP, TILE, write_contact_sheets
 from moepipe.errors import UserError
 from moepipe.images import encode_png
 from moepipe.manifest import read_jsonl
@@ -145,7 +146,9 @@ def test_contact_sheets_show_kept_and_captioned_rejects(raw, tmp_path):
         assert kept.width > 3 * 96 and rejected.height > kept.height   # captions add a strip
         assert rejected.width >= 8 * 96   # 8 rejects in one row of 8
     curate(CFG.model_copy(update={"contact_sheet_max": 0}), LabelsConfig(), RATINGS, raw, out)
-    assert not (out / "contact_kept.png").exists()
+    for name in ("contact_kept.png", "contact_rejected.png"):  # dvc.yaml declares both as plots
+        with Image.open(out / name) as sheet:
+            assert sheet.size == (TILE + 2 * GAP, TILE + 2 * GAP)  # one tile: "sheets off"
 
 
 def test_face_mode_crops_around_the_detected_face(raw, tmp_path, monkeypatch, gallery):
@@ -169,3 +172,13 @@ def test_face_mode_crops_around_the_detected_face(raw, tmp_path, monkeypatch, ga
     with Image.open(out / kept["1"]["file"]) as stored:
         assert np.abs(np.asarray(stored, np.int16) - np.asarray(expected, np.int16)).mean() < 1.0
     assert json.loads((out / "report.json").read_text())["faces"] == {"mode": "animeface", "found": 2}
+
+
+def test_a_run_without_rejects_still_writes_its_rejected_sheet(tmp_path):
+    out = tmp_path / "curated"
+    (out / "images").mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 150, 150)).save(out / "images" / "a.png")
+    write_contact_sheets(8, tmp_path / "raw", out, [{"file": "images/a.png"}], rejected=[])
+    with Image.open(out / "contact_kept.png") as kept, Image.open(out / "contact_rejected.png") as rejected:
+        assert kept.size == rejected.size == (TILE + 2 * GAP, TILE + 2 * GAP)
+        assert rejected.getpixel((GAP + 2, GAP + 2)) == (96, 96, 96)  # the grey "none" tile

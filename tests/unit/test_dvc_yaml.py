@@ -56,7 +56,7 @@ USED_WITHOUT_IMPORT = {
 # the prefixes after "-". What the CLI hands the stage function, narrowed to what that reads.
 STAGE_READS = {
     "scrape": ["scrape"],
-    "curate": ["curate", "labels", "scrape.ratings"],
+    "curate": ["curate", "labels", "scrape.ratings", "scrape.exclude"],
     "preprocess": ["seed", "preprocess", "labels.groups"],  # the vocabulary is the groups' tags
     "train": ["seed", "train"],
     "classifier": ["seed", "evaluate.classifier"],
@@ -278,6 +278,14 @@ def test_params_are_exactly_the_keys_that_change_the_outputs(stage: str) -> None
         f"{stage}: keys that change its outputs but are not in its params in dvc.yaml (add one that "
         f"params.yaml lacks there too, with its default): {unlisted}; keys listed that are run-only "
         f"(NOT_OUTPUT), not read by the stage (STAGE_READS) or filled by the train profile: {extra}")
+
+
+def test_the_opt_out_list_is_a_dep_of_the_stages_that_honour_it() -> None:
+    # A DVC dep is a fixed path, so it must be the file params.yaml names; editing it reruns both.
+    exclude = PARAMS_YAML["scrape"]["exclude"]
+    assert exclude and (ROOT / exclude).is_file()
+    for stage in ("scrape", "curate"):
+        assert exclude in map(str, STAGES[stage]["deps"]), f"{stage}: {exclude} is not a dep"
 
 
 def test_train_run_only_keys_are_what_a_checkpoint_fingerprint_leaves_out() -> None:

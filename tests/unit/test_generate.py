@@ -447,6 +447,26 @@ def test_generate_from_a_logged_pyfunc_model(files, conditional: AvatarModel, tm
     assert np.array_equal(np.asarray(pictures[1].convert("RGB")), conditional.draw([8])[0])
 
 
+def test_a_model_logged_before_the_regroup_still_loads(files, conditional: AvatarModel, tmp_path: Path) -> None:
+    """Versions registered before moepipe/ was grouped by stage run `from moepipe.pyfunc import
+    AvatarGenerator` in their logged entry point."""
+    import mlflow.pyfunc
+
+    from moepipe.registry.pyfunc import signature
+
+    entry = tmp_path / "pyfunc_model.py"
+    entry.write_text("import mlflow.models\n\nfrom moepipe.pyfunc import AvatarGenerator\n\n"
+                     "mlflow.models.set_model(AvatarGenerator())\n")
+    folder = tmp_path / "old"
+    mlflow.pyfunc.save_model(str(folder), python_model=str(entry), signature=signature(),
+                             artifacts={"generator": str(files["conditional"])}, pip_requirements=["torch"])
+    result = invoke("generate", "--model", folder, "--attributes", "red_hair", "--n", 1, "--seed", 3,
+                    "--out", tmp_path / "old.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "old.png") as image:
+        assert np.array_equal(np.asarray(image.convert("RGB"))[:, :SIZE], conditional.draw([3], "red_hair")[0])
+
+
 # -- groups a request leaves out, --vary, legacy files -----------------------------------------
 def recorded(conditional: AvatarModel, prior: dict | None = None) -> tuple[AvatarModel, Recorder]:
     """The conditional model drawing through a Recorder (and, if given, another label prior)."""

@@ -93,7 +93,7 @@ def test_danbooru_post_fields_and_relative_urls() -> None:
     assert post.tags == ["chibi", "1girl", "smile"]
     assert post.rating == "sensitive"
     assert post.extra == {"score": 3, "created_at": "2024-05-01T00:00:00.000+09:00",
-                          "source_url": "https://pixiv.example/1"}
+                          "source_url": "https://pixiv.example/1", "artists": None}  # no tag_string_artist
 
 
 def test_danbooru_keeps_a_path_prefix_and_uses_the_label() -> None:

@@ -81,6 +81,8 @@ def booru_post(label: str, site: str, raw: dict[str, Any], tags_key: str) -> Pos
             "score": raw.get("score"),
             "created_at": raw.get("created_at"),
             "source_url": raw.get("source") or None,
+            # Danbooru lists a post's artist tags apart (Gelbooru does not): lineage and opt-outs.
+            "artists": str(raw.get("tag_string_artist") or "").split() or None,
         },
     )
 

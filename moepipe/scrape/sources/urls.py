@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FORMATS = (".txt", ".csv", ".tsv", ".jsonl", ".json")
+CREDIT_COLUMNS = ("artist", "license")
 
 
 def url_post_id(url: str) -> str:
@@ -125,6 +126,8 @@ def iter_posts(cfg: UrlsSource) -> Iterator[Post]:
                 md5=str(row["md5"]).lower() if row.get("md5") else None,
                 tags=_tags(row.get(cfg.tags_col)),
                 rating=normalize_rating(str(rating)) if rating not in (None, "") else "general",
+                # Credit and terms a list may carry per URL, kept in the manifest for lineage and opt-outs.
+                extra={name: str(row[name]) for name in CREDIT_COLUMNS if row.get(name) not in (None, "")},
             )
     finally:
         if skipped:
