@@ -39,7 +39,9 @@ from moepipe.models.dcgan import DCGANGenerator
 from moepipe.models.export import load_generator
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
-RENDER_BATCH = 16  # rows of every generator forward pass in `render` (see there)
+# Rows of every generator forward pass in `render` (see there). 8: a lone avatar (the studio, the
+# served model) pays for an 8-row pass, and the studio's grid of 8 seeds is exactly one.
+RENDER_BATCH = 8
 FILL_STREAM = 0x6D6F65  # second rng seed word of label fills: a stream apart from any other use of the seed
 
 

@@ -5,7 +5,7 @@ carries the PNG text of `avatar_text`, so a file downloaded from the studio name
 version, run, seed, attributes and truncation like one written by `moepipe generate`.
 
 Rows of recent avatars are kept per model (`Drawer`). The generator always runs passes of
-RENDER_BATCH rows (moepipe/generate/avatar.py says why), so a lone avatar costs as much as sixteen;
+RENDER_BATCH rows (moepipe/generate/avatar.py says why), so a lone avatar costs as much as a full pass;
 the rows a request leaves empty are spent on the next seeds with the same attributes, which is
 what the page asks for next (its grid shows the seeds after the one in view). A row's pixels
 depend only on its seed, label set and truncation, whatever its batch mates, so a kept row is
