@@ -188,11 +188,11 @@ def test_bad_params_stop_the_run_at_their_stage_without_retrying(built):
     params = built / "params.yaml"
     good = params.read_text()
     bad = yaml.safe_load(good)
-    bad["train"]["lr_g"] = -1
+    bad["train"]["beta1"] = 2  # a train key dvc.yaml tracks (Adam's beta1 must be < 1)
     params.write_text(yaml.safe_dump(bad, sort_keys=False))
     try:
         state = pipeline(repo=str(built), pull=False, push=False, retry_delay_s=0, return_state=True)
-        with pytest.raises(PermanentFailure, match="train.lr_g"):
+        with pytest.raises(PermanentFailure, match="train.beta1"):
             state.result()
         summary = summary_of(state)
     finally:
