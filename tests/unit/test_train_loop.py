@@ -57,7 +57,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(prepared16: Path, tmp
 def test_checkpoints_of_other_params_are_not_resumed(prepared16: Path, tmp_path: Path) -> None:
     train(tiny(steps=3), 0, prepared16, tmp_path, echo=quiet)
     lines: list[str] = []
-    result = train(tiny(steps=3, lr_g=1e-4), 0, prepared16, tmp_path, echo=lines.append)
+    result = train(tiny(steps=3, lr_g=3e-4), 0, prepared16, tmp_path, echo=lines.append)
     assert result.resumed_from == 0
     assert lines == ["train: starting afresh; removing 1 checkpoint(s) of other params or data"]
 
