@@ -1,5 +1,5 @@
 # One entry point. `make repro` runs the pipeline, `make test` the whole test suite; both set up
-# the virtual environment first (pinned by constraints.txt, so a fresh install takes minutes).
+# the virtual environment first (pinned by constraints.txt; uv installs it in under a minute).
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3.11
