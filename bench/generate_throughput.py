@@ -134,6 +134,23 @@ def save_local_pyfunc(generator: Path, folder: Path) -> Path:
     return target
 
 
+def wait_until_up(server: subprocess.Popen, url: str, what: str, startup_timeout: float, pause: float = 0.5) -> None:
+    """Poll `url` until it answers 200; a RuntimeError if `server` exits first or time runs out."""
+    began = time.perf_counter()
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError(f"{what} exited: {server.stderr.read().decode()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.perf_counter() - began > startup_timeout:
+            raise RuntimeError(f"{what} did not answer {url} in time")
+        time.sleep(pause)
+
+
 def rest_latency(model_uri: str, requests: int = 200, attributes: str = "",
                  startup_timeout: float = 180.0) -> dict[str, float]:
     """p50/p95/mean ms of single-avatar POSTs to `mlflow models serve -m model_uri` on loopback.
@@ -152,18 +169,7 @@ def rest_latency(model_uri: str, requests: int = 200, attributes: str = "",
     base = f"http://127.0.0.1:{port}"
     try:
         began = time.perf_counter()
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"mlflow models serve exited: {server.stderr.read().decode()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.perf_counter() - began > startup_timeout:
-                raise RuntimeError("mlflow models serve did not answer /ping in time")
-            time.sleep(0.5)
+        wait_until_up(server, f"{base}/ping", "mlflow models serve", startup_timeout)
         startup = time.perf_counter() - began
 
         def post(seed: int) -> float:

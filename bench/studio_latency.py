@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from generate_throughput import _free_port, rest_latency, save_local_pyfunc  # noqa: E402 - after sys.path
+from generate_throughput import _free_port, rest_latency, save_local_pyfunc, wait_until_up  # noqa: E402 - after sys.path
 
 from moepipe.generate.avatar import AvatarModel  # noqa: E402 - imported after sys.path points at the checkout
 from moepipe.studio.drawing import Drawer  # noqa: E402 - imported after sys.path points at the checkout
@@ -71,19 +71,8 @@ def start_studio(generator: Path, startup_timeout: float = 180.0) -> tuple[subpr
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               start_new_session=True, env={**os.environ, "MOEPIPE_QUIET": "1"})
     base = f"http://127.0.0.1:{port}"
-    began = time.perf_counter()
-    while True:
-        if server.poll() is not None:
-            raise RuntimeError(f"moepipe studio exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/api/model", timeout=2) as reply:
-                if reply.status == 200:
-                    return server, base
-        except OSError:
-            pass
-        if time.perf_counter() - began > startup_timeout:
-            raise RuntimeError("moepipe studio did not answer in time")
-        time.sleep(0.3)
+    wait_until_up(server, f"{base}/api/model", "moepipe studio", startup_timeout, pause=0.3)
+    return server, base
 
 
 def stop(server: subprocess.Popen) -> None:

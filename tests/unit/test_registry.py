@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from moepipe.config import TrainConfig, parse_params
 from moepipe.errors import UserError
 from moepipe.registry.promotion import decide
 from moepipe.train.loop import train
+from tests.support.studio import variant
 
 TINY = dict(width=8, z_dim=16, batch_size=8, steps=2, deterministic=True, threads=1, device="cpu",
             precision="fp32", checkpoint_every=10, log_every=1, sample_every=2, sample_columns=3)
@@ -63,15 +63,6 @@ def store(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "mlartifacts"
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
-
-
-def variant(trained: Path, folder: Path, n: int) -> Path:
-    """A copy of the tiny generator with a different sha256 (its recorded step is n)."""
-    payload = torch.load(trained / "models/generator.pt", weights_only=True)
-    payload["step"] = n
-    path = folder / f"generator-{n}.pt"
-    torch.save(payload, path)
-    return path
 
 
 def run_register(store, trained: Path, generator: Path, metrics: dict, **register_params):
