@@ -252,7 +252,7 @@ def classifier_command(
     """
     def action(p: Params) -> str:
         _require_dir(prepared, "prepared data")
-        from moepipe.evaluate.stage import classifier_stage
+        from moepipe.evaluate.classifier_stage import classifier_stage
 
         return classifier_stage(p.evaluate, p.seed, prepared, out, reports=reports).summary
 

@@ -1,8 +1,7 @@
-"""The classifier and evaluate stages: score a generator against the held-out real images.
+"""The evaluate stage: score a generator against the held-out real images.
 
-`classifier_stage` trains the attribute classifier (features.py) on the prepared train split.
-`evaluate` draws avatars from generator.pt and compares them with the val split in that
-classifier's feature space (FD, KID, precision/recall), reads back the attributes it asked
+`evaluate` draws avatars from generator.pt and compares them with the val split in the attribute
+classifier's feature space (classifier_stage.py; FD, KID, precision/recall), reads back what it asked
 for (control accuracy), checks that changing one attribute leaves the classifier's reading of
 the others alone (edit locality), optionally adds standard FID from local Inception weights, and
 draws the report pictures. Every random choice comes from the global seed, so a re-run with the
@@ -12,7 +11,6 @@ same params, files and thread count writes the same numbers.
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,6 @@ from moepipe.evaluate.features import (
     data_digest,
     extract,
     load_classifier,
-    save_classifier,
-    train_classifier,
 )
 from moepipe.evaluate.inception import inception_features, load_fid_inception
 from moepipe.evaluate.metrics import (
@@ -70,47 +66,6 @@ def _seeds(rng: np.random.Generator, count: int) -> list[int]:
     """`count` consecutive (hence distinct) avatar seeds from a random start."""
     start = int(rng.integers(0, 2**40))
     return list(range(start, start + count))
-
-
-def report_path(classifier: Path) -> Path:
-    """Where the classifier stage writes its JSON report: next to the classifier file."""
-    return Path(classifier).with_suffix(".json")
-
-
-def classifier_stage(cfg: EvaluateConfig, seed: int, prepared: Path, out: Path,
-                     reports: Path | None = None) -> Report:
-    """Train the attribute classifier on prepared/train, score it on prepared/val, save it to `out`.
-
-    Writes `out` (the classifier with its report inside) and the report as JSON next to it (and
-    as `reports`/classifier.json when given); returns the report (per-group held-out "accuracy",
-    "overall", "baseline", counts, digest, train_seconds).
-    """
-    train, val = PackedSet(prepared, "train"), PackedSet(prepared, "val")
-    if len(train) == 0:
-        raise UserError(f"classifier: {prepared} has no training images")
-    classifier, report = train_classifier(train, val, epochs=cfg.classifier.epochs,
-                                          batch_size=cfg.classifier.batch_size, seed=seed)
-    # Timings stay out of the files, so identical runs write identical bytes (stable DVC hashes).
-    stored = {key: value for key, value in report.items() if key != "train_seconds"}
-    save_classifier(out, classifier, stored)
-    write_json(report_path(out), stored)
-    if reports is not None:
-        reports.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report_path(out), reports / "classifier.json")
-    return Report(report, _classifier_summary(report, out))
-
-
-def _classifier_summary(report: dict[str, Any], out: Path) -> str:
-    scored = {k: v for k, v in report["accuracy"].items() if v is not None}
-    baseline = [v for k, v in report["baseline"].items() if k in scored and v is not None]
-    overall = "n/a (empty val split)" if report["overall"] is None else (
-        f"{report['overall']:.2f} (commonest value {sum(baseline) / max(1, len(baseline)):.2f})")
-    visible, hidden = report.get("accuracy_visible", {}), report.get("hidden_by", {})
-    groups = ", ".join(f"{name} {value:.2f}" + (f" ({visible[name]:.2f} unless {'/'.join(hidden[name])})"
-                                                 if name in visible and name in hidden else "")
-                       for name, value in scored.items())
-    return (f"classifier: held-out accuracy {overall}{'; ' + groups if groups else ''}; "
-            f"{report['epochs']} epochs in {report['train_seconds']:.0f} s → {out}")
 
 
 # --- evaluate ---------------------------------------------------------------------------------

@@ -279,7 +279,8 @@ def lineage_command(target: str, tracking_uri: str, read: ObjectReader, *, model
     """What `moepipe lineage` prints: the chain as text, or as JSON with at most `limit` post rows."""
     from mlflow import MlflowClient
 
-    from moepipe.registry.register import _sqlite_path, check_store, quiet_mlflow
+    from moepipe.registry.register import quiet_mlflow
+    from moepipe.registry.store import _sqlite_path, check_store
 
     quiet_mlflow(verbose=logging.getLogger().level <= logging.DEBUG)
     check_store(tracking_uri)

@@ -157,7 +157,7 @@ class ModelHolder:
                     **model_facts(avatars)}))
                 return self
             self.name, self.pinned = provenance["model_name"], int(provenance["model_version"])
-        from moepipe.registry.register import check_store
+        from moepipe.registry.store import check_store
 
         check_store(self.tracking_uri)
         self.refresh(initial=True)

@@ -36,7 +36,7 @@ STAGE_ENTRY = {
     "curate": "moepipe.curate",
     "preprocess": "moepipe.preprocess.stage",
     "train": "moepipe.train.loop",
-    "classifier": "moepipe.evaluate.stage",
+    "classifier": "moepipe.evaluate.classifier_stage",
     "directions": "moepipe.evaluate.directions",
     "evaluate": "moepipe.evaluate.stage",
     "register": "moepipe.registry.register",

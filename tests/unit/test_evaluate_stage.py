@@ -16,8 +16,9 @@ from torch import nn
 from moepipe.config import EvaluateConfig, TrainConfig
 from moepipe.data import PackedSet
 from moepipe.errors import UserError
+from moepipe.evaluate.classifier_stage import classifier_stage, report_path
 from moepipe.evaluate.features import AttributeClassifier, load_classifier, save_classifier
-from moepipe.evaluate.stage import _edit_locality, _locality_edits, classifier_stage, evaluate, report_path
+from moepipe.evaluate.stage import _edit_locality, _locality_edits, evaluate
 from moepipe.generate.avatar import AvatarModel
 from moepipe.train.loop import train
 

@@ -273,7 +273,7 @@ class _unlocked:
 
 
 def test_the_store_lock_excludes_a_second_holder(tmp_path: Path) -> None:
-    from moepipe.registry.register import store_lock
+    from moepipe.registry.store import store_lock
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with store_lock(uri) as locked:
@@ -286,7 +286,7 @@ def test_the_store_lock_excludes_a_second_holder(tmp_path: Path) -> None:
 
 
 def _try_lock(uri: str) -> str:
-    from moepipe.registry.register import store_lock
+    from moepipe.registry.store import store_lock
 
     try:
         with store_lock(uri, timeout_s=0.3):
