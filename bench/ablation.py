@@ -42,12 +42,15 @@ VARIANTS: dict[str, dict] = {
     "default": {},
     "seed_1": {"seed": 1},
     "wgan_gp": {"loss": "wgan-gp"},
-    "fp32": {"precision": "fp32"},
+    "fp32": {"precision": "fp32"},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
     "steps_3000": {"steps": 3000},
     "minibatch_std": {"minibatch_std": True},
     "ttur": {"lr_d": 4e-4, "lr_g": 1e-4},
     "d_width_48": {"d_width": 48},
-    "ema_999": {"ema_beta": 0.999},  # the time without bf16 autocast (same arithmetic where no bf16 hardware)
+    "ema_999": {"ema_beta": 0.999},
+    "no_standing_stats": {"standing_stats": 0},
+    "r1_0.1": {"r1_gamma": 0.1},
+    "r1_1": {"r1_gamma": 1.0},
 }
 COLUMNS = ["fd", "precision", "recall", "control_accuracy", "control_accuracy.hair_color",
            "control_accuracy.hairstyle", "control_accuracy.eye_color", "control_accuracy.expression",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -118,3 +119,30 @@ class EMA:
         """Move the averaged module (e.g. keep it on the CPU to save accelerator memory)."""
         self.module.to(*args, **kwargs)
         return self
+
+
+@torch.no_grad()
+def standing_statistics(module: nn.Module, batches: Iterable[tuple[Any, ...]]) -> nn.Module:
+    """A copy of `module` whose BatchNorm running statistics are measured on its own activations.
+
+    BigGAN's "standing statistics" (Brock et al. 2019, appendix C.1). The averaged generator
+    carries the *trained* generator's running mean and variance (``EMA.update`` copies buffers),
+    which describe another network's activations: in eval mode every BatchNorm then shifts and
+    scales by slightly wrong amounts. Here the copy runs in train mode on `batches` (each a tuple
+    of arguments for ``module(*args)``) and keeps the plain average of their batch statistics
+    (momentum None), then returns to eval mode. A module without BatchNorm is returned as is.
+    """
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return module
+    measured = copy.deepcopy(module)
+    norms = [m for m in measured.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches
+    measured.train()
+    for args in batches:
+        measured(*args)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return measured.eval()

@@ -30,7 +30,7 @@ from moepipe.progress import progress_bar
 from moepipe.train import checkpoint as ckpt
 from moepipe.train.augment import AdaptiveAugment
 from moepipe.train.distributed import World, average_gradients, broadcast_state, gather_cat, init_world, shutdown
-from moepipe.train.ema import EMA
+from moepipe.train.ema import EMA, standing_statistics
 from moepipe.train.losses import attribute_loss, get_loss, gradient_penalty, lazy_r1_penalty
 from moepipe.train.runtime import Runtime, pick_runtime
 from moepipe.train.samples import sample_grid, sample_labels
@@ -38,7 +38,7 @@ from moepipe.train.sink import FileSink, MetricsSink
 
 # Settings that change what is computed; the rest (logging, step count ...) may change on resume.
 _NOT_IN_FINGERPRINT = {"steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                       "threads", "sample_columns", "compile", "profile"}
+                       "threads", "sample_columns", "compile", "profile", "standing_stats"}
 
 
 class TrainingDiverged(UserError):
@@ -176,6 +176,28 @@ class _Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         return int(state["step"])
 
+    def exported_generator(self) -> torch.nn.Module:
+        """The EMA generator with its own BatchNorm statistics (train.standing_stats batches of
+        the training batch size: z from a fixed seed, label rows of the training set, as the
+        fake batches are asked for). The EMA itself is left as it is, so a resumed run goes on
+        exactly as an uninterrupted one."""
+        cfg = self.cfg
+        if not cfg.standing_stats:
+            return self.ema.module
+        rng = np.random.default_rng(_step_seed(self.seed, cfg.steps, -1))
+        latents = torch.Generator().manual_seed(_step_seed(self.seed, cfg.steps, -1))
+
+        def batches():
+            for _ in range(cfg.standing_stats):
+                z = torch.randn(cfg.batch_size, self.G.z_dim, generator=latents).to(self.rt.device)
+                labels = None
+                if self.label_dim:
+                    rows = np.sort(rng.choice(len(self.data), cfg.batch_size))
+                    labels = torch.from_numpy(np.asarray(self.data.labels[rows], dtype=np.float32)).to(self.rt.device)
+                yield z, labels
+
+        return standing_statistics(self.ema.module, batches())
+
     # -- one optimisation step ---------------------------------------------------------------
     def _batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows = np.sort(rng.choice(len(self.data), self.local_batch, replace=len(self.data) < self.local_batch))
@@ -291,8 +313,8 @@ class _Trainer:
 
 
 def export_generator(trainer: _Trainer, path: Path, step: int, cfg: TrainConfig) -> None:
-    """The EMA generator as a generator file (moepipe/models/export.py)."""
-    save_generator(path, trainer.ema.module, arch=cfg.arch, model_kwargs=model_kwargs(cfg, trainer.layout),
+    """The EMA generator, its BatchNorm statistics re-measured, as a generator file (moepipe/models/export.py)."""
+    save_generator(path, trainer.exported_generator(), arch=cfg.arch, model_kwargs=model_kwargs(cfg, trainer.layout),
                    vocabulary=trainer.data.vocabulary if trainer.label_dim else [],
                    groups=trainer.data.meta.get("groups", {}), label_prior=trainer.prior, step=step,
                    kimg=step * cfg.batch_size / 1000, train_config=cfg.model_dump())

@@ -1,4 +1,5 @@
-"""Unit tests for moepipe.train.ema: averaging arithmetic, buffers, rampup, state round trip."""
+"""Unit tests for moepipe.train.ema: averaging arithmetic, buffers, rampup, state round trip,
+standing statistics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from moepipe.train.ema import EMA
+from moepipe.train.ema import EMA, standing_statistics
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +112,34 @@ def test_rejects_mismatched_models_and_bad_beta():
         ema.update(nn.Linear(3, 2), step=1, batch_size=1)
     with pytest.raises(ValueError, match="beta"):
         EMA(tiny_model(), beta=1.0)
+
+
+def test_standing_statistics_measure_the_average_model_itself():
+    model = tiny_model()
+    perturb(model)
+    ema = EMA(model, beta=0.5)
+    perturb(model)
+    ema.update(model, step=1, batch_size=8)  # weights: a midpoint; BatchNorm stats: the model's
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    batches = [(torch.randn(16, 3),) for _ in range(4)]
+    measured = standing_statistics(ema.module, batches)
+
+    hidden = torch.cat([ema.module[0](x) for (x,) in batches])
+    norm = measured[1]
+    # The plain average of the four batches' statistics (equal batch sizes: the pooled mean).
+    torch.testing.assert_close(norm.running_mean, hidden.mean(0))
+    variances = torch.stack([ema.module[0](x).var(0, unbiased=True) for (x,) in batches])
+    torch.testing.assert_close(norm.running_var, variances.mean(0))
+    assert not torch.allclose(norm.running_mean, ema.module[1].running_mean)
+    assert int(norm.num_batches_tracked) == 4 and norm.momentum == ema.module[1].momentum
+    assert not measured.training
+    # The average itself is untouched (a resumed run must go on exactly as before).
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_standing_statistics_leave_a_model_without_batchnorm_alone():
+    model = nn.Sequential(nn.Linear(3, 2)).eval()
+    calls = []
+    assert standing_statistics(model, ((calls.append(1) or torch.randn(2, 3),) for _ in range(3))) is model
+    assert calls == []
