@@ -28,13 +28,20 @@ MODEL_NAME_IN_RUN = "generator"
 VERSION_LINEAGE_TAGS = ("mlflow.source.git.commit", "moepipe.git_dirty", "dvc.md5.data/prepared", FINGERPRINT_TAG)
 
 
-def training_curves(metrics_csv: Path) -> list[Metric]:
-    """metrics.csv rows -> one Metric per (column, step), named train/<column>, at that step."""
-    if not metrics_csv.is_file():
-        return []
+def training_curves(*tables: Path) -> list[Metric]:
+    """Rows of metrics.csv (and throughput.csv) -> one Metric per (column, step), named
+    train/<column>, at that step. A missing file gives nothing."""
     now = int(time.time() * 1000)
     metrics = []
-    with metrics_csv.open(newline="") as handle:
+    for table in tables:
+        if table.is_file():
+            metrics += _curves(table, now)
+    return metrics
+
+
+def _curves(table: Path, now: int) -> list[Metric]:
+    metrics = []
+    with table.open(newline="") as handle:
         for row in csv.DictReader(handle):
             try:
                 step = int(float(row.get("step") or ""))
@@ -60,8 +67,9 @@ def log_pictures_and_reports(client: MlflowClient, run_id: str, *, evaluate_dir:
         client.log_artifact(run_id, str(picture), "evaluate")
     if metrics_json.is_file():
         client.log_artifact(run_id, str(metrics_json), "evaluate")
-    if (train_reports / "metrics.csv").is_file():
-        client.log_artifact(run_id, str(train_reports / "metrics.csv"), "train")
+    for table in ("metrics.csv", "throughput.csv"):
+        if (train_reports / table).is_file():
+            client.log_artifact(run_id, str(train_reports / table), "train")
     grids = sorted((train_reports / "samples").glob("step-*.png"))
     if grids:
         client.log_artifact(run_id, str(grids[-1]), "train")
@@ -85,7 +93,8 @@ def log_new_version(client: MlflowClient, cfg: RegisterConfig, experiment_id: st
     try:
         with mlflow.start_run(run_id=run_id, nested=True):  # thread-local active run; FAILED on errors
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            client.log_batch(run_id, metrics=training_curves(train_reports / "metrics.csv"))
+            client.log_batch(run_id, metrics=training_curves(train_reports / "metrics.csv",
+                                                             train_reports / "throughput.csv"))
             log_pictures_and_reports(client, run_id, evaluate_dir=evaluate_dir, train_reports=train_reports,
                                      metrics_json=metrics_json, data_reports=data_reports)
             # The version first, its files second: the files can then name their own version.

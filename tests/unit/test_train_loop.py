@@ -99,15 +99,19 @@ def test_metrics_and_sample_grids_for_dvc_plots(prepared16: Path, tmp_path: Path
     with (tmp_path / "r" / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert all(float(r["img_s"]) > 0 and r["loss_d"] and r["grad_norm_g"] for r in rows)
+    assert all(r["loss_d"] and r["grad_norm_g"] for r in rows) and "img_s" not in rows[0]
+    with (tmp_path / "r" / "throughput.csv").open() as handle:
+        timings = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in timings] == [1, 2, 3, 4, 5, 6] and all(float(r["img_s"]) > 0 for r in timings)
     samples = sorted(p.name for p in (tmp_path / "r" / "samples").iterdir())
     assert samples == ["latest.png", "step-00000003.png", "step-00000006.png"]
     # resuming drops rows after the checkpoint instead of doubling them
     train(tiny(steps=3), 0, prepared16, tmp_path / "m2", reports=tmp_path / "r2", echo=quiet)
     (tmp_path / "r2" / "metrics.csv").write_text((tmp_path / "r2" / "metrics.csv").read_text() + "4,0,9,9,,,,,,1\n")
     train(tiny(steps=6), 0, prepared16, tmp_path / "m2", reports=tmp_path / "r2", echo=quiet)
-    with (tmp_path / "r2" / "metrics.csv").open() as handle:
-        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
+    for table in ("metrics.csv", "throughput.csv"):
+        with (tmp_path / "r2" / table).open() as handle:
+            assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_cuda_requested_without_a_gpu_is_a_user_error(prepared16: Path, tmp_path: Path) -> None:
