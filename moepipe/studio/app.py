@@ -61,6 +61,8 @@ def validation_detail(errors: list[dict[str, Any]]) -> str:
 
 
 # -- query parameters shared by the picture endpoints ----------------------------------------------
+# The dependencies below are `async def`: they never block, and FastAPI runs a plain `def` one in
+# its thread pool, one hop per dependency per request.
 Seed = Annotated[int, Query(ge=0, le=MAX_SEED, description="the avatar's seed (fixes its face and its fill)")]
 Attributes = Annotated[str, Query(max_length=2000, description=(
     "comma-separated tags, e.g. blue_hair,twintails,smile; a group left out is drawn from the model's "
@@ -76,11 +78,11 @@ CacheKey = Annotated[str | None, Query(
     max_length=64, description="ignored: a cache key the page adds (the model version it expects)")]
 
 
-def cache_key(v: CacheKey = None) -> None:
+async def cache_key(v: CacheKey = None) -> None:
     return None
 
 
-def interpolation_inputs(seed: Seed = 0, seed_b: Annotated[int, Query(ge=0, le=MAX_SEED)] = 1,
+async def interpolation_inputs(seed: Seed = 0, seed_b: Annotated[int, Query(ge=0, le=MAX_SEED)] = 1,
                          steps: Annotated[int, Query(ge=2, le=MAX_STEPS)] = 8, attributes: Attributes = "",
                          truncation: Truncation = 1.0, alias: Alias = None) -> dict[str, Any]:
     """The query of both interpolation endpoints (PNG strip and GIF)."""
@@ -99,7 +101,7 @@ def query_names(dependant: Any) -> set[str]:
     return names
 
 
-def known_query_only(request: Request) -> None:
+async def known_query_only(request: Request) -> None:
     """An unknown query parameter (a typo such as `atributes`) is an error, not silently ignored."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)

@@ -516,6 +516,22 @@ def test_fills_follow_the_models_label_prior(conditional: AvatarModel) -> None:
     assert labels[:, ACCESSORIES].tolist() == [[1.0, 0.0]] * 20  # always a hat, never glasses
 
 
+def test_fills_are_kept_per_model_and_equal_a_fresh_draw(conditional: AvatarModel, monkeypatch) -> None:
+    import moepipe.generate.avatar as avatar_module
+
+    avatars, _ = recorded(conditional)
+    fresh = [AvatarModel(avatars.generator, avatars.meta).complete_attributes(["red_hair"], s) for s in range(6)]
+    monkeypatch.setattr(avatar_module, "KEPT_FILLS", 4)
+    draws = []
+    real_complete = avatars.layout.complete
+    monkeypatch.setattr(avatars.layout, "complete", lambda *a: draws.append(1) or real_complete(*a))
+    first = [avatars.complete_attributes(["red_hair"], s) for s in range(6)]
+    assert first == fresh and len(draws) == 6
+    first[5].append("glasses")  # a caller's list is its own
+    assert [avatars.complete_attributes(["red_hair"], s) for s in (4, 5)] == fresh[4:] and len(draws) == 6
+    assert avatars.complete_attributes(["red_hair"], 0) == fresh[0] and len(draws) == 7  # 4 kept: 0 was dropped
+
+
 def test_a_named_group_is_kept_and_the_others_keep_their_draw(conditional: AvatarModel) -> None:
     avatars, recorder = recorded(conditional)
     avatars.draw(range(20))
