@@ -1,53 +1,21 @@
 """`dvc repro` on a copy of this repository with tiny params: the DAG's promises."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.dvcproject import copy_project, run
+
 pytestmark = pytest.mark.e2e
-
-
-def run(args, cwd, env):
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A git repository holding the tracked files of this one, with a small synthetic gallery."""
     dest = tmp_path_factory.mktemp("project")
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        if name.startswith(("tests/", "bench/", "docs/")) or not (ROOT / name).is_file():
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, dest / name)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["scrape"]["sources"][0]["limit"] = 80
-    params["preprocess"]["resolution"] = 32
-    params["train"].update(steps=6, width=8, z_dim=16, batch_size=8, checkpoint_every=3, sample_every=3)
-    params["evaluate"].update(samples=16, batch_size=16, kid_subsets=4, control_samples=1, grid_columns=4,
-                              interpolation_steps=3, classifier={"epochs": 1, "batch_size": 8})
-    params["register"]["gates"] = {}  # a 6-step generator passes no quality gate
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    env = {**clean, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MOEPIPE_QUIET": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
-           "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    run(["git", "init", "-q"], dest, env)
-    run(["git", "add", "-A"], dest, env)
-    run(["git", "commit", "-qm", "copy"], dest, env)
-    return dest, env
+    return dest, copy_project(dest)
 
 
 def ran_stages(output: str) -> list[str]:
