@@ -85,7 +85,18 @@ def _with_attempts(failure: StepFailed) -> StepFailed:
 @task(name="dvc-repro", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
 def repro_stage(repo: str, stage: str) -> dict[str, Any]:
     """`dvc repro --single-item STAGE`: DVC runs it only when stale and records it in dvc.lock."""
-    run = run_dvc(Path(repo), ["repro", "--single-item", stage], _line_logger())
+    return _repro(repo, stage, [])
+
+
+@task(name="dvc-repro-force", cache_policy=NO_CACHE, retry_condition_fn=worth_retrying)
+def force_repro_stage(repo: str, stage: str, why: str) -> dict[str, Any]:
+    """`dvc repro --force --single-item STAGE`: run a stage that DVC finds fresh, for a reason DVC
+    cannot see (WHY, shown as the step's detail); dvc.lock records the run like any other."""
+    return {**_repro(repo, stage, ["--force"]), "detail": why}
+
+
+def _repro(repo: str, stage: str, options: list[str]) -> dict[str, Any]:
+    run = run_dvc(Path(repo), ["repro", *options, "--single-item", stage], _line_logger())
     try:
         outcome = repro_outcome(stage, run)
     except StepFailed as failure:

@@ -3,7 +3,10 @@
 The stage list and its order come from DVC (`dvc.repo.Repo(...).index`), never from this file.
 Each stage is one task running `dvc repro --single-item <stage>`: DVC skips a fresh stage and
 records lineage in dvc.lock. The `register` stage, when dvc.yaml has one, is the one that
-promotes a model; this flow only reports its decision (reports/register.json).
+promotes a model; this flow only reports its decision (reports/register.json). One thing DVC
+cannot see is which MLflow store that stage wrote to: when it finds `register` fresh, the flow
+asks the store the stage would use whether it holds this generator, and runs the stage again
+(`dvc repro --force`) when it does not (flows/registration.py).
 
 Retries (Prefect's job): dvc pull/push 3 times and scrape 3 times (network, S3), train once (it
 resumes from its checkpoints), other stages not at all (deterministic local work); `retries`
@@ -37,6 +40,7 @@ from flows.dvc_tasks import (
     stage_options,
 )
 from flows.offload import OFFLOADED_STAGE, offload_stage
+from flows.registration import REGISTER_STAGE, follow_store
 from flows.runlog import RunLog, flow_run_name
 
 SUMMARY_KEY = "moepipe-pipeline-summary"
@@ -108,8 +112,11 @@ def pipeline(repo: str = ".", params: str | None = None, stages: list[str] | Non
             if train_on and stage.name == OFFLOADED_STAGE:
                 offload_stage(log, root, stage, train_on, remote_name, retry_delay_s)
                 continue
-            log.call(stage.name, repro_stage, stage_options(stage.name, policy.get(stage.name, 0), retry_delay_s),
-                     repo=str(root), stage=stage.name)
+            tries = policy.get(stage.name, 0)
+            result = log.call(stage.name, repro_stage, stage_options(stage.name, tries, retry_delay_s),
+                              repo=str(root), stage=stage.name)
+            if stage.name == REGISTER_STAGE and result["outcome"] != "ran":
+                follow_store(log, root, stage, tries, retry_delay_s)
         if push and remote_name:
             log.call("dvc push", dvc_push, transfer, repo=str(root), remote=remote_name, targets=targets)
         elif push:

@@ -25,7 +25,9 @@ the flows retry (moepipe/registry/tracking.py: artifact_store_failure).
 
 Idempotent: the generator's sha256 identifies a registration. Registering the same generator.pt
 again creates no run or version; it re-checks the decision with the current gates and champion
-and refreshes the model card and the version's decision tags.
+and refreshes the model card and the version's decision tags. `registered_version` asks a store
+whether it holds a generator (the pipeline flow uses it: DVC cannot see which store the register
+stage wrote to, flows/registration.py).
 
 The embedded default store is `sqlite:///mlflow.db` with artifacts under `register.artifact_location`
 (made absolute); a whole registration holds a file lock next to the sqlite file. With a tracking
@@ -56,6 +58,7 @@ from moepipe.images import write_json
 from moepipe.models.export import generator_summary
 from moepipe.registry.modelcard import data_card, model_card
 from moepipe.registry.store import (
+    _sqlite_path,
     check_store,
     ensure_experiment,
     ensure_registered_model,
@@ -171,6 +174,28 @@ def lineage(dvc_lock: Path, generator: Path, fingerprint: str) -> dict[str, str]
 
 
 # -- the stage ---------------------------------------------------------------------------------
+def registered_version(cfg: RegisterConfig, tracking_uri: str, fingerprint: str) -> int | None:
+    """The complete version of cfg.model_name registered from the generator whose sha256 is
+    FINGERPRINT, in the store at TRACKING_URI; None when that store lacks one.
+
+    Read only: an embedded store that does not exist yet is not created (it lacks every generator).
+    An unreachable tracking server is a UserError (one line).
+    """
+    sqlite = _sqlite_path(tracking_uri)
+    if sqlite is not None and not sqlite.is_file():
+        return None
+    check_store(tracking_uri)
+    from mlflow import MlflowClient
+
+    from moepipe.registry.promotion import COMPLETE_TAG, FINGERPRINT_TAG, Registry
+
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+    for version in Registry(client, cfg).versions():
+        if version.tags.get(FINGERPRINT_TAG) == fingerprint and version.tags.get(COMPLETE_TAG) == "true":
+            return int(version.version)
+    return None
+
+
 def register(cfg: RegisterConfig, tracking_uri: str, *, generator: Path, metrics_json: Path, evaluate_dir: Path,
              train_reports: Path, classifier: Path | None = None, directions: Path | None = None,
              dvc_lock: Path = Path("dvc.lock"), data_reports: Path = Path("reports"),

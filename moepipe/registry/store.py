@@ -26,6 +26,21 @@ def is_local_store(uri: str) -> bool:
     return scheme in ("sqlite", "file", "") or len(scheme) == 1  # a bare path (or a Windows drive)
 
 
+def store_seen_from(uri: str, folder: Path) -> str:
+    """URI as a process working in FOLDER opens it: a relative embedded store (`sqlite:///mlflow.db`,
+    a bare folder) becomes absolute, so a caller running elsewhere (a flow run whose working
+    directory is not the checkout) reads the store that the stage there writes."""
+    sqlite = _sqlite_path(uri)
+    if sqlite is not None:
+        if sqlite.is_absolute():
+            return uri
+        query = uri.partition("?")[2]
+        return f"sqlite:///{(folder / sqlite).resolve()}" + (f"?{query}" if query else "")
+    if is_local_store(uri) and not uri.startswith(("sqlite:", "file:")) and not Path(uri).is_absolute():
+        return str((folder / uri).resolve())
+    return uri
+
+
 def check_store(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast with one line when the tracking store cannot be reached."""
     scheme = urlsplit(uri).scheme

@@ -2,8 +2,10 @@
 
 Every stage runs (in DVC's order), then every stage is fresh; the summary artifact carries the
 evaluation, the promotion decision and the sample grid; bad params stop the run at once; the
-incremental scrape of the fixed synthetic source finds nothing new and changes nothing; and
-`prefect deploy --all` registers prefect.yaml's deployments with a Prefect server.
+incremental scrape of the fixed synthetic source finds nothing new and changes nothing;
+`prefect deploy --all` registers prefect.yaml's deployments with a Prefect server; a fresh MLflow
+server gets the model although DVC finds `register` fresh; and nightly-retrain, started by the
+scheduler on the stack's worker, trains through a second deployment on a second work pool.
 
 Services: the local stack of tests/conftest.py — its Prefect server and process worker, an S3
 DVC remote on its SeaweedFS, and its MLflow server with artifacts in S3 (see `services`).
@@ -11,6 +13,7 @@ DVC remote on its SeaweedFS, and its MLflow server with artifacts in S3 (see `se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
@@ -270,3 +274,278 @@ def test_prefect_deploy_all_registers_the_deployments_and_a_worker_runs_one(buil
         finally:  # leave a shared Prefect server without schedules that would start runs later
             for deployment in (retrain, scrape):
                 client.delete_deployment(deployment.id)
+
+
+# -- the registry follows the store --------------------------------------------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_mlflow(tmp_path) -> Iterator[str]:
+    """An MLflow tracking server that has never seen this project: its own SQLite backend and
+    artifact folder, on a free loopback port; stopped afterwards."""
+    from moepipe.stack.health import probe_mlflow
+    from moepipe.stack.process import is_running, launch, stop
+    from moepipe.stack.service import python_module, service_env
+
+    url = f"http://127.0.0.1:{free_port()}"
+    argv = python_module("mlflow") + [
+        "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--serve-artifacts",
+        "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1",
+        "--port", url.rsplit(":", 1)[1], "--workers", "1"]
+    env = service_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "DO_NOT_TRACK": "true"})
+    log = tmp_path / "mlflow.log"
+    record = launch("fresh-mlflow", argv, env, log, tmp_path, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while (reason := probe_mlflow(url)) is not None:
+            assert is_running(record) and time.monotonic() < deadline, f"{reason}:\n{log.read_text()[-2000:]}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(record)
+
+
+def test_a_store_lacking_the_generator_gets_it_although_dvc_finds_register_fresh(built, fresh_mlflow, monkeypatch):
+    """As `make repro` then the stack: the project is up to date in its embedded store; the flow
+    against a fresh MLflow server finds every stage fresh, and registers into the server anyway."""
+    from mlflow import MlflowClient
+
+    from flows.pipeline import pipeline
+    from moepipe.registry.register import sha256_file
+
+    def champion_sha256(uri: str) -> str:
+        version = MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("moe-generator", "champion")
+        return version.tags["moepipe.generator_sha256"]
+
+    began = time.monotonic()
+    # The checkout's embedded store (sqlite:///mlflow.db): whatever earlier tests left stale runs, and
+    # register runs either as stale or because this new store lacks the generator. The flow runs with
+    # this test's working directory, not the checkout's: the store is found relative to the stage.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert outcomes(pipeline(repo=str(built), pull=False, push=False, retry_delay_s=0))["register"] == "ran"
+    generator = sha256_file(built / "models/generator.pt")
+    assert champion_sha256(f"sqlite:///{built / 'mlflow.db'}") == generator
+    embedded = time.monotonic()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_mlflow)  # for the flow and the stage commands it starts
+    state = pipeline(repo=str(built), pull=False, push=False, retry_delay_s=0, return_state=True)
+    steps = [(step["step"], step["outcome"]) for step in state.result()["steps"]]
+    assert {outcome for _, outcome in steps[:-2]} == {"fresh"}  # DVC: nothing to do
+    assert steps[-3:] == [("register", "fresh"), ("registry check", "ran"), ("register", "ran")]
+    summary = summary_of(state)
+    assert "| registry check | ran |" in summary and f"{fresh_mlflow} lacks this generator" in summary
+    assert f"registered into {fresh_mlflow}: the store lacked this generator" in summary
+
+    assert champion_sha256(fresh_mlflow) == generator
+    champion = MlflowClient(fresh_mlflow).get_model_version_by_alias("moe-generator", "champion")
+    assert json.loads((built / "reports/register.json").read_text())["version"] == int(champion.version)
+    assert json.loads(dvc(built, "status", "--json") or "{}") == {}  # dvc.lock records the forced run
+    print(f"\nup to date in the embedded store in {embedded - began:.1f} s; "
+          f"registered into a fresh MLflow server in {time.monotonic() - embedded:.1f} s")
+
+
+# -- nightly-retrain through the worker, train through a second deployment -----------------------
+TRAIN_POOL = "moepipe-e2e-train"
+TRAIN_DEPLOYMENT = "train-cpu"
+
+
+def commented_deployment(text: str, name: str) -> dict:
+    """The deployment that prefect.yaml describes in comments (`# - name: NAME` and the commented
+    lines under it), uncommented and parsed."""
+    lines = text.splitlines()
+    start = next(number for number, line in enumerate(lines) if line.strip() == f"# - name: {name}")
+    margin = lines[start][:lines[start].index("#")]
+    block = []
+    for line in lines[start:]:
+        if not line.startswith(margin + "# "):
+            break
+        block.append(margin + line[len(margin) + 2:])
+    return yaml.safe_load("\n".join(block))[0]
+
+
+@contextlib.contextmanager
+def process_worker(pool: str, repo: Path, services: dict, state: Path) -> Iterator[None]:
+    """A second process worker on POOL, as on another machine: its own PREFECT_HOME, and
+    MOEPIPE_REPO naming its own checkout REPO; stopped (with its flow runs) afterwards."""
+    from moepipe.stack.prefect_server import workers
+    from moepipe.stack.process import is_running, launch, stop
+    from moepipe.stack.service import python_module, service_env
+
+    name = f"{pool}-worker"
+    (state / "prefect-home").mkdir(parents=True, exist_ok=True)
+    env = service_env({**services["env"], "PREFECT_HOME": str(state / "prefect-home"), "MOEPIPE_REPO": str(repo),
+                       "PREFECT_WORKER_QUERY_SECONDS": "2"})
+    argv = python_module("prefect") + ["worker", "start", "--pool", pool, "--type", "process", "--name", name,
+                                       "--install-policy", "never"]
+    log = state / "worker.log"
+    record = launch(name, argv, env, log, state, cwd=repo)
+    try:
+        deadline = time.monotonic() + 90
+        while not any(worker["name"] == name and worker["status"] == "ONLINE"
+                      for worker in workers(services["env"]["PREFECT_API_URL"], pool)):
+            assert is_running(record) and time.monotonic() < deadline, f"worker not online:\n{log.read_text()[-2000:]}"
+            time.sleep(1)
+        yield
+    finally:
+        stop(record)
+
+
+def wait_for_run_to_start(client, deployment_id, timeout_s: float = 180.0):
+    """The first run of the deployment that the scheduler created and a worker has taken up."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+        started = [run for run in runs if run.state is not None and not run.state.is_scheduled()]
+        if started:
+            return min(started, key=lambda run: run.expected_start_time)
+        states = [(str(run.expected_start_time), run.state.name if run.state else None) for run in runs]
+        assert time.monotonic() < deadline, f"no scheduled run of the deployment started: {states}"
+        time.sleep(1)
+
+
+def wait_for_final_state(client, flow_run_id, timeout_s: float):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        flow_run = client.read_flow_run(flow_run_id)
+        if flow_run.state is not None and flow_run.state.is_final():
+            return flow_run
+        assert time.monotonic() < deadline, f"flow run {flow_run.name} still {flow_run.state.name}"
+        time.sleep(2)
+
+
+def test_nightly_retrain_runs_on_the_worker_and_trains_through_a_second_deployment(built, services, tmp_path):
+    """The scheduler starts nightly-retrain (prefect.yaml) on the stack's worker; its train stage
+    runs as a run of prefect.yaml's commented train deployment, on a second work pool served by a
+    second worker with its own checkout (both CPU), and comes back through the S3 DVC remote."""
+    from datetime import datetime, timedelta
+
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        DeploymentFilter,
+        DeploymentFilterId,
+    )
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    from flows.offload import read_handback
+    from moepipe.registry.register import sha256_file
+
+    began = time.monotonic()
+    # The other machine: a checkout at the same commit, sharing only the DVC remote and the Prefect API.
+    other = tmp_path / "train-host" / "moepipe"
+    run(["git", "clone", "-q", str(built), str(other)], tmp_path)
+    shutil.copyfile(built / ".dvc/config.local", other / ".dvc/config.local")
+    # A train-only param changes (Adam's beta2), so train and the stages after it are stale.
+    params = yaml.safe_load((built / "params.yaml").read_text())
+    params["train"]["beta2"] = 0.99
+    retrain_params = tmp_path / "retrain-params.yaml"
+    retrain_params.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    text = (built / "prefect.yaml").read_text()
+    config = yaml.safe_load(text)
+    nightly = next(deployment for deployment in config["deployments"] if deployment["name"] == "nightly-retrain")
+    trainer_spec = commented_deployment(text, "train-gpu")
+    assert trainer_spec["entrypoint"] == "flows/offload.py:pipeline_stage"
+    assert trainer_spec["parameters"] == {"stage": "train"}
+    trainer_spec.update(name=TRAIN_DEPLOYMENT, work_pool={"name": TRAIN_POOL})
+    target = f"pipeline-stage/{TRAIN_DEPLOYMENT}"
+    nightly["parameters"] = {"train_on": target, "params": str(retrain_params), "retry_delay_s": 0}
+    prefect_file = tmp_path / "prefect.yaml"
+    prefect_file.write_text(yaml.safe_dump({**config, "deployments": [nightly, trainer_spec]}, sort_keys=False))
+    deploy = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--prefect-file",
+              str(prefect_file), "-n"]
+    env = {**os.environ, **services["env"]}
+    env.pop("MOEPIPE_REPO", None)
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=TRAIN_POOL, type="process",
+                                               base_job_template=ProcessWorker.get_default_base_job_template()),
+                                overwrite=True)
+        try:
+            run(deploy + ["nightly-retrain"], built, {**env, "MOEPIPE_REPO": str(built)})
+            run(deploy + [TRAIN_DEPLOYMENT], built, env)  # MOEPIPE_REPO unset: the train worker's own
+            retrain = client.read_deployment_by_name("pipeline/nightly-retrain")
+            trainer = client.read_deployment_by_name(target)
+            assert retrain.work_pool_name == "moepipe-process" and trainer.work_pool_name == TRAIN_POOL
+            assert retrain.parameters == nightly["parameters"]
+            assert trainer.pull_steps == [{"prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ $MOEPIPE_REPO }}"}}]
+            with process_worker(TRAIN_POOL, other, services, tmp_path / "train-worker"):
+                # Every 30 s, the first run due ~10 s from now (a slot that passes before the scheduler
+                # gets to it is skipped); paused as soon as a worker took a run up, so there is one.
+                anchor = datetime.now(UTC) - timedelta(seconds=20)
+                schedule = IntervalSchedule(interval=timedelta(seconds=30), anchor_date=anchor)
+                client.create_deployment_schedules(retrain.id, [(schedule, True)])
+                scheduled = time.monotonic()
+                flow_run = wait_for_run_to_start(client, retrain.id)
+                client.pause_deployment(retrain.id)
+                started = time.monotonic()
+                flow_run = wait_for_final_state(client, flow_run.id, timeout_s=480)
+                finished = time.monotonic()
+                train_runs = client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[trainer.id])))
+
+            assert flow_run.auto_scheduled  # made by the scheduler, not by this test
+            assert flow_run.state.is_completed(), f"{flow_run.state.name}: {flow_run.state.message}"
+            summaries = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]), key=ArtifactFilterKey(any_=[SUMMARY])))
+            summary = summaries[0].data
+            (tmp_path / "nightly-summary.md").write_text(summary)
+            assert summary.startswith("# moepipe pipeline: succeeded")
+            assert f"| train | ran on {target} |" in summary
+            assert "| evaluate | ran |" in summary and "| register | ran |" in summary
+
+            # The train stage ran as the one run of the second deployment, on the second pool.
+            assert len(train_runs) == 1, [(r.name, r.state.name) for r in train_runs]
+            train_run = train_runs[0]
+            assert train_run.state.is_completed() and train_run.work_pool_name == TRAIN_POOL
+            assert train_run.parameters["stage"] == "train" and train_run.parent_task_run_id is not None
+            assert read_handback(train_run.id)["outcome"] == "ran"
+        finally:  # leave the shared Prefect server without these deployments and the pool
+            for name in ("pipeline/nightly-retrain", target):
+                try:
+                    client.delete_deployment(client.read_deployment_by_name(name).id)
+                except ObjectNotFound:
+                    pass
+            client.delete_work_pool(TRAIN_POOL)
+
+    # Trained over there (with the new beta2), pushed to S3, pulled back here.
+    generator = built / "models/generator.pt"
+    assert sha256_file(other / "models/generator.pt") == sha256_file(generator)
+    lock = yaml.safe_load((built / "dvc.lock").read_text())["stages"]
+    assert lock["train"]["params"]["params.yaml"]["train.beta2"] == 0.99
+    md5 = next(out["md5"] for out in lock["train"]["outs"] if out["path"] == "models/generator.pt")
+    stack_env = services["env"]
+    s3 = boto3.client("s3", endpoint_url=stack_env["AWS_ENDPOINT_URL"], aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=stack_env["AWS_SECRET_ACCESS_KEY"],
+                      region_name=stack_env["AWS_DEFAULT_REGION"])
+    prefix = services["remote"].split("/", 3)[3]
+    s3.head_object(Bucket=stack_env["MOEPIPE_DVC_BUCKET"], Key=f"{prefix}/files/md5/{md5[:2]}/{md5[2:]}")
+
+    # Registered in the stack's MLflow, and the champion alias is the one the register stage reports.
+    register = json.loads((built / "reports/register.json").read_text())
+    mlflow = MlflowClient(stack_env["MLFLOW_TRACKING_URI"], registry_uri=stack_env["MLFLOW_TRACKING_URI"])
+    version = mlflow.get_model_version(register["model"], str(register["version"]))
+    assert version.tags["moepipe.generator_sha256"] == sha256_file(generator)
+    champion = mlflow.get_model_version_by_alias(register["model"], "champion")
+    assert int(champion.version) == register["champion"]
+    if register["decision"] == "champion":
+        assert champion.version == version.version
+    due = (flow_run.expected_start_time - anchor).total_seconds() - 20  # s after the schedule was made
+    print(f"\nnightly-retrain: scheduled run due after ~{due:.0f} s, started {started - scheduled:.1f} s after "
+          f"its schedule was made, ran {finished - started:.1f} s; whole test {time.monotonic() - began:.1f} s")

@@ -330,3 +330,49 @@ def test_train_on_runs_the_stage_as_another_deployment_and_brings_it_back(prefec
     train_lock = [yaml.safe_load((root / "dvc.lock").read_text())["stages"]["train"] for root in (project, other)]
     assert train_lock[0] == train_lock[1]
     assert "models/model.txt" not in dvc(project, "status", "train")
+
+
+def test_a_fresh_register_stage_runs_again_only_when_its_store_lacks_the_generator(prefect_api, project,
+                                                                                    monkeypatch):
+    """DVC cannot see which MLflow store `register` wrote to; the flow asks the store (here a stand-in
+    answer; tests/unit/test_registry.py asks a real one) and forces the stage only when it lacks it."""
+    import flows.registration
+    from flows.pipeline import pipeline
+    from flows.registration import StoreCheck
+
+    dvc_yaml = project / "dvc.yaml"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace("  score:", "  register:"))  # writes reports/register.json
+    sh(["git", "commit", "-qam", "score is the register stage"], project)
+    first = pipeline(repo=str(project), pull=False, push=False, retry_delay_s=0)
+    assert outcomes(first)["register"] == "ran" and "registry check" not in outcomes(first)  # nothing to ask
+
+    asked = []
+
+    def store_holding(version):
+        def store_check(root, wdir="."):
+            asked.append((root, wdir))
+            return StoreCheck("http://127.0.0.1:5999", "toy", version)
+        return store_check
+
+    def steps(result):
+        return [(step["step"], step["outcome"], step["detail"]) for step in result["steps"]]
+
+    report = project / "reports/register.json"
+    written = report.stat().st_mtime_ns
+    monkeypatch.setattr(flows.registration, "store_check", store_holding(1))
+    held = pipeline(repo=str(project), pull=False, push=False, retry_delay_s=0)
+    assert steps(held)[-2:] == [("register", "fresh", ""),
+                                ("registry check", "ran", "http://127.0.0.1:5999 holds it as toy v1")]
+    assert asked == [(project, ".")] and report.stat().st_mtime_ns == written  # not registered again
+
+    monkeypatch.setattr(flows.registration, "store_check", store_holding(None))
+    state = pipeline(repo=str(project), pull=False, push=False, retry_delay_s=0, return_state=True)
+    reason = "registered into http://127.0.0.1:5999: the store lacked this generator"
+    assert steps(state.result())[-3:] == [("register", "fresh", ""),
+                                          ("registry check", "ran", "http://127.0.0.1:5999 lacks this generator"),
+                                          ("register", "ran", reason)]
+    assert report.stat().st_mtime_ns != written  # the stage ran again
+    summary = summary_of(state)
+    assert summary.startswith("# moepipe pipeline: succeeded") and "| register | ran | " in summary
+    assert reason in summary
+    assert json.loads(dvc(project, "status", "--json")) == {}  # dvc.lock records the forced run

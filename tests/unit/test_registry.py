@@ -209,6 +209,54 @@ def test_a_version_left_incomplete_by_a_killed_registration_is_replaced(store, t
     assert [int(v.version) for v in client.search_model_versions("name = 'moe-generator'")] == [2]
 
 
+def test_registered_version_says_whether_a_store_holds_a_generator(store, trained: Path, tmp_path: Path) -> None:
+    """What the pipeline flow asks before trusting DVC's "register is fresh" (flows/registration.py)."""
+    from moepipe.registry.register import registered_version, sha256_file
+
+    cfg = parse_params({}).registry
+    generator = variant(trained, tmp_path, 17)
+    fingerprint = sha256_file(generator)
+    assert registered_version(cfg, store[0], fingerprint) is None  # no model yet
+    client = client_of(store)
+    client.create_registered_model("moe-generator")
+    client.create_model_version("moe-generator", str(tmp_path), tags={"moepipe.generator_sha256": fingerprint})
+    assert registered_version(cfg, store[0], fingerprint) is None  # an incomplete version does not count
+    report = run_register(store, trained, generator, {"fd": 5.0, **GOOD})
+    assert registered_version(cfg, store[0], fingerprint) == report["version"] == 2
+    assert registered_version(cfg, store[0], "0" * 64) is None  # another generator
+    never_made = tmp_path / "elsewhere" / "mlflow.db"
+    assert registered_version(cfg, f"sqlite:///{never_made}", fingerprint) is None
+    assert not never_made.parent.exists()  # asking did not create a store
+
+
+def test_the_flow_asks_the_embedded_store_of_the_checkout_not_of_its_cwd(store, trained: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.registration import StoreCheck, store_check
+
+    report = run_register(store, trained, variant(trained, tmp_path, 19), {"fd": 5.0, **GOOD})
+    assert store[0] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # the checkout's sqlite:///mlflow.db
+    (tmp_path / "params.yaml").write_text("register:\n  tracking_uri: sqlite:///mlflow.db\n")
+    (tmp_path / "reports").mkdir()
+    written = tmp_path / "reports/register.json"
+    written.write_text(json.dumps(report))
+    monkeypatch.chdir(tmp_path.parent)  # a flow run's working directory is not the checkout
+    assert store_check(tmp_path) == StoreCheck("sqlite:///mlflow.db", "moe-generator", report["version"])
+    written.write_text(json.dumps({**report, "generator_sha256": "0" * 64}))  # a generator it lacks
+    assert store_check(tmp_path).version is None
+    written.write_text("{}")  # no hash recorded: cannot tell, so register again (idempotent)
+    assert store_check(tmp_path).version is None
+
+
+def test_a_relative_embedded_store_is_seen_from_the_stage_folder(tmp_path: Path) -> None:
+    from moepipe.registry.store import store_seen_from
+
+    assert store_seen_from("sqlite:///mlflow.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert store_seen_from("sqlite:///mlflow.db?timeout=5", tmp_path).endswith("/mlflow.db?timeout=5")
+    assert store_seen_from("sqlite:////srv/mlflow.db", tmp_path) == "sqlite:////srv/mlflow.db"
+    assert store_seen_from("mlruns", tmp_path) == str(tmp_path.resolve() / "mlruns")
+    assert store_seen_from("http://127.0.0.1:5000", tmp_path) == "http://127.0.0.1:5000"
+
+
 @pytest.mark.parametrize("locked", [True, False], ids=["file-lock", "no-lock-worst-race"])
 def test_concurrent_promotions_end_with_the_best_champion(store, trained: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch, locked: bool) -> None:
