@@ -136,6 +136,8 @@ def test_the_page_draws_what_is_picked_and_names_the_version(browser, store, tra
         change(page, "avatar", lambda: page.click("#grid", position={"x": (2 * (SIZE + GAP) + SIZE / 2) * scale,
                                                                    "y": SIZE / 2 * scale}))
         assert int(page.input_value("#seed")) == rolled + 2
+        # The GIF follows the seed too, in its own request: the avatar's reload says nothing of it.
+        page.wait_for_function(IMAGES_LOADED)
         gif = image(page, "interpolation-gif")
         assert gif["width"] == SIZE and "interpolate.gif" in gif["src"]
 
