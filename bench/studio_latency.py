@@ -10,7 +10,7 @@ bench/generate_throughput.py's REST client does):
   avatar        /api/avatar.png for a fresh random seed each time (nothing kept from before)
   grid of 8     /api/grid.png?n=8 for a fresh random seed
   page flow     what the page asks on a change: avatar of seed s, then the grid of s .. s+7
-                (the grid's rows were drawn in the avatar's pass; see moepipe/studio/drawing.py)
+                (the avatar's pass drew the grid's first rows; see moepipe/studio/drawing.py)
   in-process    the studio's own drawing call for one fresh avatar, no HTTP (render + PNG), in a
                 worker thread as the server makes it
 

@@ -40,9 +40,10 @@ from moepipe.models.dcgan import DCGANGenerator
 from moepipe.models.export import load_generator
 
 EDIT_DISTANCE = 3.0  # signed distance past a tag's boundary that an edit aims for (z ~ N(0, I))
-# Rows of every generator forward pass in `render` (see there). 8: a lone avatar (the studio, the
-# served model) pays for an 8-row pass, and the studio's grid of 8 seeds is exactly one.
-RENDER_BATCH = 8
+# Rows of every generator forward pass in `render` (see there). 4: a lone avatar (the studio, the
+# served model) pays for a 4-row pass: studio single-avatar p50 23 ms here against 32 ms with
+# 8-row passes, its grid of 8 (two passes) 47 ms against 36 ms (bench/studio_latency.py).
+RENDER_BATCH = 4
 FILL_STREAM = 0x6D6F65  # second rng seed word of label fills: a stream apart from any other use of the seed
 KEPT_FILLS = 4096  # label fills kept per model (a fill costs ~0.1 ms; the studio asks for each several times)
 
